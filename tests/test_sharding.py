@@ -1,0 +1,191 @@
+"""make_shards.py on real corpora, read back with plain tarfile/webdataset + soundfile."""
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import webdataset as wds
+
+from tests import corpora
+from tests.conftest import run_tool
+from w2v.corpus import open_corpus
+from w2v.sharding import ShardOptions, make_shards
+
+
+def read_back(out: Path) -> dict[str, tuple[np.ndarray, int, dict, str]]:
+    """key → (samples, rate, meta, audio extension), using nothing of w2v."""
+    samples: dict[str, dict] = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    result = {}
+    for key, parts in samples.items():
+        ext = "flac" if "flac" in parts else "wav"
+        info = sf.info(io.BytesIO(parts[ext]))
+        wave, sr = sf.read(io.BytesIO(parts[ext]), dtype="int16")
+        assert info.channels == 1 and info.subtype == "PCM_16", (key, info)
+        result[key] = (wave, sr, json.loads(parts["json"]), ext)
+    return result
+
+
+def skipped_lines(out: Path) -> dict[str, str]:
+    lines = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    return {entry["key"]: entry["reason"] for entry in lines}
+
+
+def check_shards(out: Path, expected: corpora.Expected, codec: str = "flac") -> dict:
+    got = read_back(out)
+    assert set(got) == set(expected.written)
+    for key, (wave, sr, meta, ext) in got.items():
+        seconds, text = expected.written[key]
+        assert sr == 16000 and ext == codec
+        assert meta["text"] == text  # stored unchanged
+        assert abs(len(wave) / sr - seconds) <= 0.01 * seconds, (key, len(wave) / sr, seconds)
+        assert meta["num_samples"] == len(wave) and meta["sample_rate"] == 16000
+        assert meta["duration"] == pytest.approx(len(wave) / 16000, abs=1e-5)
+        assert np.abs(wave).max() > 1000  # real speech, not silence
+    assert skipped_lines(out) == expected.skipped
+    index = json.loads((out / "index.json").read_text())
+    # the invariant: every input is either written or reported as skipped
+    assert index["inputs"] == expected.inputs == len(got) + len(skipped_lines(out))
+    assert index["num_samples"] == len(got)
+    listed = {k: (d, t) for s in index["shards"] for k, d, t in zip(s["keys"], s["durations"], s["texts"], strict=True)}
+    assert {k: t for k, (_, t) in listed.items()} == {k: m["text"] for k, (_, _, m, _) in got.items()}
+    assert all(listed[k][0] == got[k][2]["duration"] for k in got)
+    assert not list(out.glob("*.tmp"))
+    return index
+
+
+def test_commonvoice_mp3_48k_and_32k_with_broken_clips(commonvoice, tmp_path):
+    src, expected = commonvoice
+    out = tmp_path / "cv-train"
+    proc = run_tool("make_shards.py", src / "train.tsv", "--out", out, "--workers", "2",
+                    "--max-shard-samples", "2", check=True)
+    index = check_shards(out, expected)
+    assert index["num_shards"] == 3 and index["source"]["format"] == "commonvoice"
+    assert [s["name"] for s in index["shards"]] == [f"cv-train-{i:06d}.tar" for i in range(3)]
+    assert "skipped 6" in proc.stdout and "written 6" in proc.stdout
+    # the locale folder + --split finds the same TSV
+    run_tool("make_shards.py", src, "--split", "train", "--out", tmp_path / "again", check=True)
+    assert skipped_lines(tmp_path / "again") == expected.skipped
+
+
+def test_webdataset_reads_the_shards(commonvoice, tmp_path):
+    src, expected = commonvoice
+    out = tmp_path / "cv"
+    run_tool("make_shards.py", src, "--out", out, "--max-shard-samples", "4", check=True)
+    urls = [str(p) for p in sorted(out.glob("*.tar"))]
+    seen = {}
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        wave, sr = sf.read(io.BytesIO(sample["flac"]))
+        seen[sample["__key__"]] = json.loads(sample["json"])["text"]
+        assert sr == 16000 and wave.ndim == 1
+    assert seen == {k: t for k, (_, t) in expected.written.items()}
+
+
+def test_librispeech(librispeech, tmp_path):
+    src, expected = librispeech
+    out = tmp_path / "ls"
+    run_tool("make_shards.py", src, "--out", out, "--codec", "wav", check=True)
+    index = check_shards(out, expected, codec="wav")
+    assert index["source"]["format"] == "librispeech"
+    meta = read_back(out)["101-2000-0001"][2]
+    assert meta["speaker"] == "101" and meta["chapter"] == "2000"
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_manifest_stereo_8k_44k(tmp_path, kind):
+    expected = corpora.make_manifest(tmp_path / "src", kind)
+    out = tmp_path / "out"
+    run_tool("make_shards.py", tmp_path / "src" / f"manifest.{kind}", "--out", out, check=True)
+    check_shards(out, expected)
+    meta = read_back(out)["utt0"][2]
+    assert meta["orig_channels"] == 2 and meta["orig_sample_rate"] == 44100 and meta["speaker"] == "s0"
+
+
+def test_deterministic_whatever_the_worker_count(manifest_dir, tmp_path):
+    src, _ = manifest_dir
+    digests = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}" / "set"
+        run_tool("make_shards.py", src / "manifest.jsonl", "--out", out, "--workers", workers, check=True)
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*.tar")})
+    assert digests[0] == digests[1] and digests[0]
+
+
+def test_duration_filters_are_reported_skips(manifest_dir, tmp_path):
+    src, expected = manifest_dir
+    durations = sorted(s for s, _ in expected.written.values())
+    lo, hi = (durations[0] + durations[1]) / 2, (durations[-2] + durations[-1]) / 2
+    out = tmp_path / "out"
+    run_tool("make_shards.py", src / "manifest.jsonl", "--out", out,
+             "--min-duration", str(lo), "--max-duration", str(hi), check=True)
+    reasons = skipped_lines(out)
+    assert sorted(reasons.values()).count("below_min_duration") == 1
+    assert sorted(reasons.values()).count("above_max_duration") == 1
+    index = json.loads((out / "index.json").read_text())
+    assert index["inputs"] == expected.inputs == index["num_samples"] + len(reasons)
+
+
+def test_refuses_non_empty_output_unless_overwrite(manifest_dir, tmp_path):
+    src, _ = manifest_dir
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "something").write_text("x")
+    proc = run_tool("make_shards.py", src / "manifest.jsonl", "--out", out)
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr
+    run_tool("make_shards.py", src / "manifest.jsonl", "--out", out, "--overwrite", check=True)
+    assert (out / "index.json").is_file() and (out / "something").is_file()
+
+
+def test_structural_errors_exit_2_before_any_work(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"file_name": "a.wav", "text": "hi"}) + "\n")
+    proc = run_tool("make_shards.py", bad, "--out", tmp_path / "o1")
+    assert proc.returncode == 2 and "no audio column" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = run_tool("make_shards.py", tmp_path / "empty", "--out", tmp_path / "o2")
+    assert proc.returncode == 2 and "no known layout" in proc.stderr
+    proc = run_tool("make_shards.py", tmp_path / "nothere", "--out", tmp_path / "o3")
+    assert proc.returncode == 2
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_torchaudio_resampler_matches_soxr(manifest_dir, tmp_path):
+    src, expected = manifest_dir
+    out = tmp_path / "ta"
+    run_tool("make_shards.py", src / "manifest.jsonl", "--out", out, "--resampler", "torchaudio", check=True)
+    check_shards(out, expected)
+    soxr_out = tmp_path / "sx"
+    run_tool("make_shards.py", src / "manifest.jsonl", "--out", soxr_out, check=True)
+    a, b = read_back(out)["utt1"][0].astype(float), read_back(soxr_out)["utt1"][0].astype(float)
+    n = min(len(a), len(b))
+    assert abs(len(a) - len(b)) <= 2
+    assert np.corrcoef(a[:n], b[:n])[0, 1] > 0.99  # the same signal, two good resamplers
+
+
+def test_crash_mid_run_leaves_only_complete_shards(manifest_dir, tmp_path, monkeypatch):
+    src, _ = manifest_dir
+    corpus = open_corpus(src / "manifest.jsonl")
+    real = corpus.utterances
+
+    def failing():
+        for i, utt in enumerate(real()):
+            if i == 3:
+                raise RuntimeError("disk on fire")
+            yield utt
+
+    monkeypatch.setattr(corpus, "utterances", failing)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError):
+        make_shards(corpus, out, ShardOptions(max_shard_samples=2), progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["out-000000.tar"]  # no temp files, no index
+    with tarfile.open(out / "out-000000.tar") as tar:
+        assert len(tar.getmembers()) == 4

@@ -1,0 +1,105 @@
+"""Audio in and out: decode anything libsndfile reads, downmix, resample to 16 kHz, encode.
+
+Decoding goes through soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3 since 1.1) from a
+path or from bytes in memory. Resampling uses soxr's HQ filter by default; torchaudio's sinc
+resampler (optionally on a GPU) is the alternative. `benchmarks/bench_shard.py` measures both.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+TARGET_SR = 16000
+RESAMPLERS = ("soxr", "torchaudio")
+CODECS = ("flac", "wav")
+
+
+class AudioError(Exception):
+    """The input is not audio we can use; `reason` is the short tag written to skipped.jsonl."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def read_audio(src: str | Path | bytes) -> tuple[np.ndarray, int]:
+    """Decode a file path or encoded bytes to float32 of shape [frames, channels] and its rate."""
+    if isinstance(src, bytes | bytearray | memoryview):
+        if len(src) == 0:
+            raise AudioError("empty_file")
+        handle = io.BytesIO(src)
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise AudioError("missing_file", str(path))
+        if path.stat().st_size == 0:
+            raise AudioError("empty_file", str(path))
+        handle = path
+    try:
+        data, sr = sf.read(handle, dtype="float32", always_2d=True)
+    except Exception as exc:  # libsndfile raises several types (LibsndfileError, RuntimeError, ...)
+        raise AudioError("decode_error", f"{type(exc).__name__}: {exc}") from None
+    return data, sr
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """[frames, channels] → [frames], averaging channels (what torchaudio/HF downmixing does)."""
+    if data.ndim == 1:
+        return data
+    if data.shape[1] == 1:
+        return data[:, 0]
+    return data.mean(axis=1, dtype=np.float32)
+
+
+def resample(
+    wave: np.ndarray, sr_in: int, sr_out: int = TARGET_SR, method: str = "soxr", device: str = "cpu"
+) -> np.ndarray:
+    """Resample a mono float32 signal. A no-op when the rates already match."""
+    if sr_in == sr_out:
+        return wave
+    if method == "soxr":
+        return soxr.resample(wave, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
+    if method == "torchaudio":
+        import torch
+        import torchaudio.functional as F
+
+        tensor = torch.from_numpy(np.ascontiguousarray(wave)).to(device)
+        return F.resample(tensor, sr_in, sr_out).cpu().numpy().astype(np.float32, copy=False)
+    raise ValueError(f"unknown resampler {method!r}; choose one of {RESAMPLERS}")
+
+
+def load_16k(
+    src: str | Path | bytes, method: str = "soxr", device: str = "cpu"
+) -> tuple[np.ndarray, int]:
+    """Decode, downmix and resample to 16 kHz; returns (float32 mono wave, original sample rate)."""
+    data, sr = read_audio(src)
+    return resample(to_mono(data), sr, TARGET_SR, method, device), sr
+
+
+def to_int16(wave: np.ndarray) -> np.ndarray:
+    """float32 in [-1, 1] → int16 with rounding and clipping (resampling can overshoot 1.0)."""
+    scaled = np.rint(wave * 32767.0)
+    return np.clip(scaled, -32768, 32767).astype(np.int16)
+
+
+def encode(wave_int16: np.ndarray, codec: str = "flac", sr: int = TARGET_SR) -> bytes:
+    """Encode 16-bit mono PCM as FLAC or WAV bytes."""
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r}; choose one of {CODECS}")
+    buf = io.BytesIO()
+    sf.write(buf, wave_int16, sr, format=codec.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def decode_int16(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode encoded 16-bit audio bytes (a shard member) to int16 [frames] and its rate."""
+    wave, sr = sf.read(io.BytesIO(data), dtype="int16")
+    if wave.ndim > 1:
+        wave = wave.mean(axis=1).astype(np.int16)
+    return wave, sr

@@ -1,0 +1,197 @@
+"""The sharding pipeline: corpus rows → (parallel) decode, downmix, resample, encode → tar shards.
+
+Workers do the audio work and return encoded bytes; the main process writes shards in input
+order, so keys, order and bytes are deterministic whatever `workers` is. At most `2 × workers`
+small chunks are in flight, which bounds memory whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from itertools import islice
+from pathlib import Path
+
+from tqdm import tqdm
+
+from w2v import audio
+from w2v.corpus import Corpus, Utterance
+from w2v.shards import INDEX_NAME, SKIPPED_NAME, TMP_SUFFIX, ShardWriter, write_index
+
+# Anything shorter than this after decoding is a truncated or broken file, not speech: wav2vec2's
+# conv stack needs 400 samples (25 ms) for a single frame, and no transcript fits in 0.1 s.
+MIN_DECODED_SECONDS = 0.1
+CHUNK = 4  # utterances per task: amortises IPC without holding much audio
+
+
+@dataclass
+class ShardOptions:
+    codec: str = "flac"
+    resampler: str = "soxr"
+    device: str = "cpu"
+    min_duration: float | None = None
+    max_duration: float | None = None
+    max_shard_bytes: int = 256 * 1024**2
+    max_shard_samples: int = 0
+    workers: int = 1
+
+
+@dataclass
+class Prepared:
+    """The result of one utterance: audio bytes + metadata, or a skip reason."""
+
+    key: str
+    source: str
+    audio: bytes | None = None
+    meta: dict | None = None
+    reason: str | None = None
+    detail: str = ""
+
+
+def prepare(utt: Utterance, opts: ShardOptions) -> Prepared:
+    """Decode, downmix, resample and encode one utterance, or say why it is skipped."""
+    if utt.problem:
+        return Prepared(utt.key, utt.source, reason=utt.problem)
+    try:
+        data, sr = audio.read_audio(utt.audio)
+    except audio.AudioError as exc:
+        return Prepared(utt.key, utt.source, reason=exc.reason, detail=exc.detail)
+    wave = audio.resample(audio.to_mono(data), sr, audio.TARGET_SR, opts.resampler, opts.device)
+    seconds = len(wave) / audio.TARGET_SR
+    detail = f"{seconds:.3f} s"
+    if seconds < MIN_DECODED_SECONDS:
+        return Prepared(utt.key, utt.source, reason="too_short", detail=f"{detail} after decoding (truncated?)")
+    if opts.min_duration is not None and seconds < opts.min_duration:
+        return Prepared(utt.key, utt.source, reason="below_min_duration", detail=detail)
+    if opts.max_duration is not None and seconds > opts.max_duration:
+        return Prepared(utt.key, utt.source, reason="above_max_duration", detail=detail)
+    pcm = audio.to_int16(wave)
+    if not pcm.any():
+        return Prepared(utt.key, utt.source, reason="silent", detail="all samples are zero")
+    meta = {
+        **utt.meta,
+        "text": utt.text,
+        "duration": round(seconds, 6),
+        "num_samples": len(pcm),
+        "sample_rate": audio.TARGET_SR,
+        "source": utt.source,
+        "orig_sample_rate": sr,
+        "orig_channels": data.shape[1],
+    }
+    return Prepared(utt.key, utt.source, audio.encode(pcm, opts.codec), meta)
+
+
+def _prepare_chunk(args: tuple[list[Utterance], ShardOptions]) -> list[Prepared]:
+    chunk, opts = args
+    return [prepare(u, opts) for u in chunk]
+
+
+def _chunks(items: Iterator[Utterance], size: int) -> Iterator[list[Utterance]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def prepared_in_order(corpus: Corpus, opts: ShardOptions) -> Iterator[Prepared]:
+    """Prepared utterances in corpus order, computed by `opts.workers` processes."""
+    if opts.workers <= 1:  # inline: no IPC, and an honest one-core measurement
+        for utt in corpus.utterances():
+            yield prepare(utt, opts)
+        return
+    # fork: the workers inherit imported modules, so start-up costs milliseconds.
+    ctx = mp.get_context("fork")
+    with ctx.Pool(opts.workers) as pool:
+        pending: deque = deque()
+        for chunk in _chunks(corpus.utterances(), CHUNK):
+            pending.append(pool.apply_async(_prepare_chunk, ((chunk, opts),)))
+            if len(pending) >= 2 * opts.workers:  # backpressure keeps memory bounded
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless `overwrite`; then clear only what we write."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty: pass --overwrite to replace its shards")
+        for path in out.iterdir():
+            if path.suffix == ".tar" or path.name.endswith(TMP_SUFFIX) or path.name in (INDEX_NAME, SKIPPED_NAME):
+                path.unlink() if path.is_file() else shutil.rmtree(path)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+@dataclass
+class ShardSummary:
+    inputs: int
+    written: int
+    skipped: dict[str, int]
+    audio_seconds: float
+    wall_seconds: float
+    shards: int
+
+    @property
+    def audio_seconds_per_second(self) -> float:
+        return self.audio_seconds / max(self.wall_seconds, 1e-9)
+
+    def text(self) -> str:
+        lines = [
+            f"inputs {self.inputs}: written {self.written}, skipped {sum(self.skipped.values())}",
+            *(f"  skipped {reason}: {n}" for reason, n in sorted(self.skipped.items())),
+            f"{self.shards} shards, {self.audio_seconds / 3600:.3f} h of audio in {self.wall_seconds:.1f} s "
+            f"({self.audio_seconds_per_second:.0f} audio-seconds per second)",
+        ]
+        return "\n".join(lines)
+
+
+def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | None = None,
+                overwrite: bool = False, progress: bool = True) -> ShardSummary:
+    """Shard a corpus into `out`; returns the summary. inputs = written + skipped, always."""
+    out = Path(out)
+    prepare_out_dir(out, overwrite)
+    prefix = prefix or out.resolve().name
+    writer = ShardWriter(out, prefix, opts.max_shard_bytes, opts.max_shard_samples)
+    skipped: Counter = Counter()
+    written, seconds, start = 0, 0.0, time.perf_counter()
+    skipped_tmp = out / (SKIPPED_NAME + TMP_SUFFIX)
+    bar = tqdm(total=corpus.count(), unit="utt", disable=not progress, desc="sharding", smoothing=0.05)
+    try:
+        with open(skipped_tmp, "w", encoding="utf-8") as skip_log:
+            for item in prepared_in_order(corpus, opts):
+                if item.reason:
+                    skipped[item.reason] += 1
+                    skip_log.write(json.dumps({"key": item.key, "source": item.source, "reason": item.reason,
+                                               "detail": item.detail}, ensure_ascii=False) + "\n")
+                else:
+                    writer.write(item.key, opts.codec, item.audio, item.meta)
+                    written += 1
+                    seconds += item.meta["duration"]
+                bar.update(1)
+                if bar.n % 64 == 0:
+                    bar.set_postfix(written=written, skipped=sum(skipped.values()), refresh=False)
+        writer.close_shard()
+    except BaseException:
+        writer.abort()
+        skipped_tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        bar.close()
+    os.replace(skipped_tmp, out / SKIPPED_NAME)
+    summary = ShardSummary(written + sum(skipped.values()), written, dict(skipped), seconds,
+                           time.perf_counter() - start, len(writer.records))
+    write_index(out, writer.records, {
+        "name": prefix,
+        "codec": opts.codec,
+        "inputs": summary.inputs,
+        "skipped": summary.skipped,
+        "source": corpus.describe(),
+        "options": asdict(opts),
+    })
+    return summary
