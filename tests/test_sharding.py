@@ -189,3 +189,21 @@ def test_crash_mid_run_leaves_only_complete_shards(manifest_dir, tmp_path, monke
     assert sorted(p.name for p in out.iterdir()) == ["out-000000.tar"]  # no temp files, no index
     with tarfile.open(out / "out-000000.tar") as tar:
         assert len(tar.getmembers()) == 4
+
+
+def test_inspect_shards_report(commonvoice, tmp_path):
+    src, expected = commonvoice
+    out = tmp_path / "cv"
+    run_tool("make_shards.py", src, "--out", out, check=True)
+    report = tmp_path / "report"
+    proc = run_tool("inspect_shards.py", out, "--n", "4", "--out", report, check=True)
+    page = (report / "index.html").read_text()
+    assert (report / "durations.png").stat().st_size > 1000
+    players = sorted(report.glob("audio/*.wav"))
+    assert len(players) == 4 and page.count("<audio") == 4
+    for wav in players:
+        info = sf.info(str(wav))
+        assert info.samplerate == 16000 and info.channels == 1
+        assert expected.written[wav.stem][1] in page  # transcript beside its player
+    assert "LEFT DOUBLE QUOTATION MARK" in page  # the inventory names the symbols to normalise
+    assert "6 utterances" in proc.stdout
