@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""How fast does make_shards.py turn 48 kHz mp3/wav into 16 kHz FLAC shards, and what does it cost?
+
+    python benchmarks/bench_shard.py [--minutes 20] [--json OUT]
+
+1. End to end (the tool's own make_shards(): reading inputs, worker pool, tar, index) against the
+   floor measured in the same run: soundfile decode + soxr HQ + FLAC encode of each file alone,
+   in one loop. One worker = one core; two workers show the scaling.
+2. Resamplers: soxr HQ vs torchaudio's sinc resampler, speed (one thread) and accuracy (SNR
+   against an analytically resampled sine sweep).
+3. FLAC vs WAV for 16 kHz speech: size, encode and decode speed.
+Prints tables and writes JSON. Synthetic espeak-ng speech; the corpus is cached in --work.
+"""
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from w2v import audio  # noqa: E402
+from w2v.corpus import open_corpus  # noqa: E402
+from w2v.sharding import ShardOptions, make_shards  # noqa: E402
+from w2v.synth import speak  # noqa: E402
+
+TEXTS = [
+    "The committee will meet again on Thursday to discuss the budget for next year.",
+    "Most of the old houses along the river were built before the railway arrived.",
+    "She asked whether the results could be repeated with a larger group of volunteers.",
+    "A light rain fell all afternoon, and the streets were nearly empty by six o'clock.",
+    "He wrote down every number twice, just to be sure that nothing had been missed.",
+    "The library keeps its oldest maps in a cool room beneath the main reading hall.",
+]
+VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb+m3"]
+
+
+def make_corpus(work: Path, minutes: float, fmt: str) -> Path:
+    """A manifest over ~`minutes` of 48 kHz mono speech files (distinct syntheses, then copies)."""
+    folder = work / f"{fmt}48k"
+    manifest = folder / "manifest.jsonl"
+    if manifest.is_file():
+        return manifest
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    distinct = []
+    for i in range(24):
+        raw = speak(" ".join(TEXTS[(i + j) % len(TEXTS)] for j in range(1 + i % 2)), folder / f"raw{i}.wav",
+                    VOICES[i % len(VOICES)], 150 + 10 * (i % 5))
+        out = folder / f"d{i}.{fmt}"
+        if fmt == "mp3":
+            subprocess.run(["lame", "--quiet", "--resample", "48", "-m", "m", str(raw), str(out)], check=True)
+        else:
+            subprocess.run(["sox", str(raw), "-r", "48000", str(out)], check=True)
+        raw.unlink()
+        distinct.append((out, sf.info(str(out)).duration))
+    rows, total, i = [], 0.0, 0
+    while total < minutes * 60:
+        src, seconds = distinct[i % len(distinct)]
+        name = f"u{i:05d}.{fmt}"
+        os.link(src, folder / name)  # same bytes, separate files: the tool opens each
+        rows.append({"audio": name, "text": TEXTS[i % len(TEXTS)]})
+        total, i = total + seconds, i + 1
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def floor_rate(manifest: Path) -> float:
+    """decode + soxr HQ + FLAC encode of each file alone: what the tool cannot go below."""
+    folder = manifest.parent
+    files = [folder / json.loads(line)["audio"] for line in manifest.read_text().splitlines()]
+    total, start = 0.0, time.perf_counter()
+    for path in files:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        wave = soxr.resample(data[:, 0], sr, 16000, quality="HQ")
+        pcm = np.clip(np.rint(wave * 32767), -32768, 32767).astype(np.int16)
+        buf = io.BytesIO()
+        sf.write(buf, pcm, 16000, format="FLAC", subtype="PCM_16")
+        total += len(pcm) / 16000
+    return total / (time.perf_counter() - start)
+
+
+def tool_rate(manifest: Path, workers: int, out: Path) -> float:
+    summary = make_shards(open_corpus(manifest), out, ShardOptions(workers=workers), overwrite=True,
+                          progress=False)
+    return summary.audio_seconds_per_second
+
+
+def bench_end_to_end(work: Path, minutes: float) -> dict:
+    results = {}
+    for fmt in ("mp3", "wav"):
+        manifest = make_corpus(work, minutes, fmt)
+        floor_rate(manifest)  # warm the page cache for both
+        floor = max(floor_rate(manifest) for _ in range(2))
+        one = max(tool_rate(manifest, 1, work / "out") for _ in range(2))
+        two = tool_rate(manifest, 2, work / "out")
+        results[fmt] = {"floor_audio_seconds_per_second": floor, "tool_1_worker": one, "tool_2_workers": two,
+                        "tool_vs_floor": one / floor, "scaling_2_workers": two / one}
+    return results
+
+
+def sweep(sr: int, seconds: float = 4.0, f0: float = 50.0, f1: float = 7000.0) -> tuple[np.ndarray, callable]:
+    """A log sine sweep at `sr`, and the function that evaluates the same sweep at any times."""
+
+    def at(t: np.ndarray) -> np.ndarray:
+        k = np.log(f1 / f0) / seconds
+        return 0.5 * np.sin(2 * np.pi * f0 * (np.exp(k * t) - 1) / k)
+
+    return at(np.arange(int(sr * seconds)) / sr).astype(np.float32), at
+
+
+def bench_resamplers() -> dict:
+    torch.set_num_threads(1)
+    results = {}
+    for sr_in in (48000, 44100, 22050):
+        x, ideal_at = sweep(sr_in)
+        for method in audio.RESAMPLERS:
+            audio.resample(x, sr_in, 16000, method)  # warm-up (torchaudio builds its kernel)
+            reps, start = 5, time.perf_counter()
+            for _ in range(reps):
+                y = audio.resample(x, sr_in, 16000, method)
+            speed = reps * len(x) / sr_in / (time.perf_counter() - start)
+            ideal = ideal_at(np.arange(len(y)) / 16000)
+            edge = 1600  # 0.1 s: both resamplers' edge effects are not what we measure
+            err = y[edge:-edge] - ideal[edge:-edge]
+            snr = 10 * np.log10(np.mean(ideal[edge:-edge] ** 2) / np.mean(err**2))
+            results[f"{method}_{sr_in}"] = {"audio_seconds_per_second": speed, "snr_db": float(snr)}
+    return results
+
+
+def bench_codecs(manifest: Path) -> dict:
+    folder = manifest.parent
+    pcms = []
+    for path in sorted(folder.glob("d*.*"))[:12]:
+        wave, _ = audio.load_16k(path)
+        pcms.append(audio.to_int16(wave))
+    seconds = sum(len(p) for p in pcms) / 16000
+    results = {}
+    for codec in audio.CODECS:
+        start = time.perf_counter()
+        encoded = [audio.encode(p, codec) for p in pcms]
+        enc = seconds / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for blob in encoded:
+            audio.decode_int16(blob)
+        dec = seconds / (time.perf_counter() - start)
+        size = sum(len(b) for b in encoded)
+        results[codec] = {"bytes_per_audio_second": size / seconds, "encode_audio_seconds_per_second": enc,
+                          "decode_audio_seconds_per_second": dec}
+    return results
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=20, help="minutes of audio per input format")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "w2v-bench-shard"))
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    e2e = bench_end_to_end(work, args.minutes)
+    print(f"\nEnd to end, 48 kHz mono → 16 kHz FLAC shards, audio-seconds per second ({args.minutes:g} min):")
+    print(f"{'input':6} {'floor (1 core)':>15} {'tool 1 worker':>14} {'tool/floor':>11} {'2 workers':>10} {'scaling':>8}")
+    for fmt, r in e2e.items():
+        print(f"{fmt:6} {r['floor_audio_seconds_per_second']:15.0f} {r['tool_1_worker']:14.0f} "
+              f"{r['tool_vs_floor']:11.2f} {r['tool_2_workers']:10.0f} {r['scaling_2_workers']:8.2f}")
+    res = bench_resamplers()
+    print("\nResamplers (one thread): speed and SNR against the ideal resampled sweep (50 Hz – 7 kHz):")
+    print(f"{'resampler':20} {'audio-s/s':>10} {'SNR dB':>8}")
+    for name, r in res.items():
+        print(f"{name:20} {r['audio_seconds_per_second']:10.0f} {r['snr_db']:8.1f}")
+    codecs = bench_codecs(work / "wav48k" / "manifest.jsonl")
+    print("\n16 kHz 16-bit speech, FLAC vs WAV:")
+    print(f"{'codec':6} {'KB per audio-s':>15} {'encode audio-s/s':>17} {'decode audio-s/s':>17}")
+    for name, r in codecs.items():
+        print(f"{name:6} {r['bytes_per_audio_second'] / 1000:15.1f} {r['encode_audio_seconds_per_second']:17.0f} "
+              f"{r['decode_audio_seconds_per_second']:17.0f}")
+    result = {"end_to_end": e2e, "resamplers": res, "codecs": codecs, "minutes": args.minutes,
+              "cpu_count": os.cpu_count()}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
