@@ -1,0 +1,158 @@
+"""normalize_and_pad / pad_labels against the transformers feature extractor and the HF CTC collator."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+from w2v.padding import normalize_and_pad, pad_labels
+
+
+def utterances() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [
+        (0.1 * rng.standard_normal(48_000)).astype(np.float32),
+        (0.3 * rng.standard_t(3, 20_000) + 0.05).astype(np.float32),  # heavy tails + DC offset
+        np.zeros(16_000, dtype=np.float32),  # silence: var 0, the 1e-7 epsilon keeps it 0
+        np.full(9_000, 0.25, dtype=np.float32),  # constant: exactly representable sums, all 0
+        (1e-4 * rng.standard_normal(30_000)).astype(np.float32),  # var ~ epsilon: epsilon matters
+        (0.5 * np.sin(np.arange(7_001) * 0.03)).astype(np.float32),
+        (0.2 * rng.standard_normal(1)).astype(np.float32),
+    ]
+
+
+def hf(batch: list[np.ndarray]) -> dict:
+    fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    return fe(batch, sampling_rate=16_000, padding=True, return_tensors="np")
+
+
+def test_matches_feature_extractor_list_and_flat():
+    utts = utterances()
+    ref = hf(utts)
+    lengths = np.array([u.size for u in utts])
+    for values, mask in (normalize_and_pad(utts), normalize_and_pad(np.concatenate(utts), lengths)):
+        assert values.dtype == np.float32 and mask.dtype == np.int32
+        assert values.shape == ref["input_values"].shape
+        np.testing.assert_allclose(values, ref["input_values"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(mask, ref["attention_mask"])
+        for i, n in enumerate(lengths):
+            assert np.all(values[i, n:] == 0.0)
+            assert np.all(mask[i, :n] == 1) and np.all(mask[i, n:] == 0)
+    values, _ = normalize_and_pad(utts)
+    assert np.all(values[2] == 0) and np.all(values[3] == 0)  # silent / constant stay zero
+    real = values[0, : lengths[0]].astype(np.float64)
+    assert abs(real.mean()) < 1e-6 and abs(real.std() - 1) < 1e-5
+
+
+def test_padding_does_not_leak_into_statistics():
+    utts = utterances()
+    alone = [normalize_and_pad([u])[0][0] for u in utts]
+    values, _ = normalize_and_pad(utts)
+    for i, u in enumerate(utts):
+        np.testing.assert_array_equal(values[i, : u.size], alone[i])
+
+
+def test_int16_input_matches_float_conversion():
+    rng = np.random.default_rng(1)
+    ints = [
+        np.clip(rng.standard_normal(n) * 4000, -32768, 32767).astype(np.int16) for n in (16_000, 5_000, 24_000)
+    ]
+    ints.append(np.full(3_000, -7, dtype=np.int16))
+    ref = hf([x.astype(np.float32) / 32768 for x in ints])
+    values, mask = normalize_and_pad(ints)
+    np.testing.assert_allclose(values, ref["input_values"], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(mask, ref["attention_mask"])
+    flat_values, _ = normalize_and_pad(np.concatenate(ints), np.array([x.size for x in ints]))
+    np.testing.assert_array_equal(flat_values, values)
+
+
+def test_reusable_workspace_and_multiple_of():
+    utts = utterances()
+    ref, ref_mask = normalize_and_pad(utts)
+    work = np.full(ref.size + 123, np.nan, dtype=np.float32)  # dirty: padding must still be zeroed
+    work_mask = np.full(ref.size, 7, dtype=np.int32)
+    values, mask = normalize_and_pad(utts, out=work, mask_out=work_mask)
+    assert np.shares_memory(values, work) and values.flags.c_contiguous
+    np.testing.assert_array_equal(values, ref)
+    np.testing.assert_array_equal(mask, ref_mask)
+    with pytest.raises(ValueError):
+        normalize_and_pad(utts, out=np.empty(10, dtype=np.float32))
+    values, mask = normalize_and_pad(utts, pad_to_multiple_of=1000)
+    assert values.shape[1] == 48_000 and mask.shape == values.shape
+    values, mask = normalize_and_pad(utts[:1], pad_to_multiple_of=47_999)
+    assert values.shape == (1, 95_998) and np.all(values[0, 48_000:] == 0)
+
+
+def test_empty_batch_and_bad_lengths():
+    values, mask = normalize_and_pad([])
+    assert values.shape == (0, 0) and mask.shape == (0, 0)
+    with pytest.raises(ValueError):
+        normalize_and_pad(np.zeros(10, dtype=np.float32), np.array([4, 5]))
+
+
+# --- labels: same layout as the HF example's collator ----------------------------------------
+
+
+@dataclass
+class DataCollatorCTCWithPadding:
+    """The small collator of transformers' examples/pytorch/speech-recognition/run_speech_recognition_ctc.py."""
+
+    processor: Wav2Vec2Processor
+    padding: bool | str = "longest"
+
+    def __call__(self, features: list[dict]) -> dict:
+        input_features = [{"input_values": f["input_values"]} for f in features]
+        label_features = [{"input_ids": f["labels"]} for f in features]
+        batch = self.processor.pad(input_features, padding=self.padding, return_tensors="pt")
+        labels_batch = self.processor.pad(labels=label_features, padding=self.padding, return_tensors="pt")
+        # replace padding with -100 to ignore loss correctly
+        batch["labels"] = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+        if "attention_mask" in batch:
+            batch["attention_mask"] = batch["attention_mask"].to(torch.long)
+        return batch
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    chars = list("abcdefghijklmnopqrstuvwxyz'")
+    vocab = {"[PAD]": 0, "[UNK]": 1, "|": 2} | {c: i + 3 for i, c in enumerate(chars)}
+    path = tmp_path_factory.mktemp("vocab") / "vocab.json"
+    path.write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(path), unk_token="[UNK]", pad_token="[PAD]", word_delimiter_token="|")
+    extractor = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+def test_matches_hf_ctc_collator(processor):
+    texts = ["hello world", "a", "the quick brown fox", "xyz's"]
+    utts = utterances()[: len(texts)]
+    features = [
+        {
+            "input_values": processor(audio=u, sampling_rate=16_000).input_values[0],
+            "labels": processor(text=t).input_ids,
+        }
+        for u, t in zip(utts, texts, strict=True)
+    ]
+    # a label id equal to the pad id inside a sequence must survive (mask, not value, decides)
+    features[1]["labels"] = [0, 5, 0]
+    ref = DataCollatorCTCWithPadding(processor)(features)
+
+    labels = pad_labels([f["labels"] for f in features])
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, ref["labels"].numpy())
+    flat = np.concatenate([np.asarray(f["labels"]) for f in features])
+    lengths = np.array([len(f["labels"]) for f in features])
+    np.testing.assert_array_equal(pad_labels(flat, lengths), ref["labels"].numpy())
+
+    values, mask = normalize_and_pad(utts)
+    np.testing.assert_allclose(values, ref["input_values"].numpy(), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(mask, ref["attention_mask"].numpy())
+
+
+def test_pad_labels_multiple_of_and_empty():
+    labels = pad_labels([[1, 2, 3], []], pad_to_multiple_of=4)
+    assert labels.tolist() == [[1, 2, 3, -100], [-100] * 4]
+    assert pad_labels([]).shape == (0, 0)
