@@ -37,3 +37,12 @@ def librispeech(tmp_path_factory):
 def manifest_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("manifest")
     return root, corpora.make_manifest(root, "jsonl")
+
+
+@pytest.fixture(scope="session")
+def cv_shards(commonvoice, tmp_path_factory):
+    """The Common Voice test corpus as 3 FLAC shards of 2 samples each."""
+    src, expected = commonvoice
+    out = tmp_path_factory.mktemp("shards") / "cv"
+    run_tool("make_shards.py", src, "--out", out, "--max-shard-samples", "2", "--no-progress", check=True)
+    return out, expected

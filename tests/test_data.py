@@ -1,0 +1,216 @@
+"""The streaming loader on real tar shards: HF equality, rank/worker splits, resume, bad shards."""
+
+import io
+import shutil
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+from w2v.data import LoaderConfig, SpeechLoader, expand_spec, output_frames
+from w2v.shards import iter_tar_samples, read_index
+from w2v.text import Vocabulary
+
+CONV_KERNEL, CONV_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
+
+
+@dataclass
+class DataCollatorCTCWithPadding:
+    """Copied from transformers' examples/pytorch/speech-recognition/run_speech_recognition_ctc.py."""
+
+    processor: Wav2Vec2Processor
+    padding: bool | str = "longest"
+
+    def __call__(self, features):
+        input_features = [{"input_values": f["input_values"]} for f in features]
+        label_features = [{"input_ids": f["labels"]} for f in features]
+        batch = self.processor.pad(input_features, padding=self.padding, return_tensors="pt")
+        labels_batch = self.processor.pad(labels=label_features, padding=self.padding, return_tensors="pt")
+        batch["labels"] = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+        if "attention_mask" in batch:
+            batch["attention_mask"] = batch["attention_mask"].to(torch.long)
+        return batch
+
+
+def vocab_for(shard_dir) -> Vocabulary:
+    index = read_index(shard_dir)
+    return Vocabulary.build(t for s in index["shards"] for t in s["texts"])
+
+
+def loader(shard_dir, vocab, **kw) -> SpeechLoader:
+    rank, world = kw.pop("rank", 0), kw.pop("world_size", 1)
+    cfg = LoaderConfig(**{"max_batch_seconds": 8.0, "shuffle_buffer": 3, **kw})
+    return SpeechLoader(shard_dir, cfg, labeler=vocab.encode, rank=rank, world_size=world,
+                        conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE)
+
+
+def raw_audio(shard_dir) -> dict[str, np.ndarray]:
+    """key → float32 samples, decoded with soundfile alone."""
+    out = {}
+    for shard in sorted(shard_dir.glob("*.tar")):
+        for key, parts in iter_tar_samples(shard):
+            out[key] = sf.read(io.BytesIO(parts["flac"]), dtype="float32")[0]
+    return out
+
+
+def test_batches_equal_the_hf_feature_extractor_and_collator(cv_shards, tmp_path):
+    shard_dir, expected = cv_shards
+    vocab = vocab_for(shard_dir)
+    vocab.save(tmp_path / "vocab.json")
+    tokenizer = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
+                                     word_delimiter_token="|")
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                         do_normalize=True, return_attention_mask=True)
+    collator = DataCollatorCTCWithPadding(Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer))
+    audio = raw_audio(shard_dir)
+    checked = 0
+    for batch in loader(shard_dir, vocab, max_batch_seconds=12.0):
+        features = [{"input_values": extractor(audio[k], sampling_rate=16000)["input_values"][0],
+                     "labels": tokenizer(vocab.normalizer(t))["input_ids"]}
+                    for k, t in zip(batch["keys"], batch["texts"], strict=True)]
+        ref = collator(features)
+        assert batch["input_values"].shape == ref["input_values"].shape
+        torch.testing.assert_close(batch["input_values"], ref["input_values"], atol=1e-5, rtol=0)
+        assert torch.equal(batch["attention_mask"].long(), ref["attention_mask"])
+        assert torch.equal(batch["labels"], ref["labels"])
+        checked += len(batch["keys"])
+    assert checked == len(expected.written)
+    assert max(len(b["keys"]) for b in loader(shard_dir, vocab, max_batch_seconds=12.0)) > 1
+
+
+def test_group_norm_models_get_no_attention_mask(cv_shards):
+    shard_dir, _ = cv_shards
+    batch = next(iter(loader(shard_dir, vocab_for(shard_dir), return_attention_mask=False)))
+    assert "attention_mask" not in batch
+    lengths = batch["input_lengths"]
+    for row, n in enumerate(lengths.tolist()):  # padding is exact zeros
+        assert torch.all(batch["input_values"][row, n:] == 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_ranks_two_workers_three_shards(cv_shards, workers):
+    shard_dir, expected = cv_shards
+    assert len(list(shard_dir.glob("*.tar"))) == 3
+    vocab = vocab_for(shard_dir)
+    per_rank, steps = [], []
+    for rank in range(2):
+        ld = loader(shard_dir, vocab, rank=rank, world_size=2, num_workers=workers, max_batch_seconds=7.0)
+        keys = []
+        batches = list(ld)
+        for b in batches:
+            keys += b["keys"]
+        per_rank.append(keys)
+        steps.append((len(batches), len(ld)))
+    assert steps[0] == steps[1] and steps[0][0] == steps[0][1]  # equal step counts, as announced
+    assert not set(per_rank[0]) & set(per_rank[1])  # disjoint
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(expected.written)  # each sample exactly once
+
+
+def test_epochs_reshuffle_deterministically(cv_shards):
+    shard_dir, _ = cv_shards
+    vocab = vocab_for(shard_dir)
+    orders = []
+    for _ in range(2):
+        ld = loader(shard_dir, vocab, max_batch_seconds=4.0)
+        epochs = []
+        for epoch in range(3):
+            ld.set_epoch(epoch)
+            epochs.append([k for b in ld for k in b["keys"]])
+        orders.append(epochs)
+    assert orders[0] == orders[1]  # same seed, same batches
+    assert len({tuple(e) for e in orders[0]}) > 1  # but epochs differ
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_yields_exactly_the_remaining_batches(cv_shards, workers):
+    shard_dir, _ = cv_shards
+    vocab = vocab_for(shard_dir)
+    full = list(loader(shard_dir, vocab, num_workers=workers, max_batch_seconds=4.0))
+    assert len(full) >= 4
+    first = loader(shard_dir, vocab, num_workers=workers, max_batch_seconds=4.0)
+    stream = iter(first)
+    for _ in range(3):
+        next(stream)
+    state = first.state_dict()
+    resumed = loader(shard_dir, vocab, num_workers=workers, max_batch_seconds=4.0)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(full) - 3
+    for a, b in zip(rest, full[3:], strict=True):
+        assert a["keys"] == b["keys"]
+        assert torch.equal(a["input_values"], b["input_values"]) and torch.equal(a["labels"], b["labels"])
+    with pytest.raises(ValueError, match="world size"):
+        loader(shard_dir, vocab, world_size=2, num_workers=workers).load_state_dict(state)
+
+
+def test_truncated_shard_is_skipped_counted_and_ranks_stay_in_step(cv_shards, tmp_path):
+    shard_dir, expected = cv_shards
+    broken = tmp_path / "broken"
+    shutil.copytree(shard_dir, broken)
+    victim = sorted(broken.glob("*.tar"))[1]
+    with tarfile.open(victim) as tar:
+        first_two = tar.getmembers()[:2]
+    cut = first_two[-1].offset_data + first_two[-1].size + 700  # keep sample 1, cut into sample 2
+    victim.write_bytes(victim.read_bytes()[:cut])
+    vocab = vocab_for(shard_dir)
+    ld = loader(broken, vocab, max_batch_seconds=4.0)
+    batches = list(ld)
+    keys = [k for b in batches for k in b["keys"]]
+    assert len(batches) == len(ld)  # the planned step count still holds
+    assert len(keys) == len(expected.written) - 1 and len(set(keys)) == len(keys)
+    drops = ld.diagnostics()["drops"]
+    assert drops["corrupt_shard"] == 1 and drops["missing_member"] == 1
+
+
+def test_filters_count_drops_by_reason(cv_shards):
+    shard_dir, expected = cv_shards
+    vocab = vocab_for(shard_dir)
+    durations = sorted(d for d, _ in expected.written.values())
+    ld = loader(shard_dir, vocab, min_duration=durations[1] - 1e-3)
+    assert ld.drops_at_plan() == {"below_min_duration": 1}
+    assert sum(len(b["keys"]) for b in ld) == len(expected.written) - 1
+    assert ld.diagnostics()["drops"] == {"below_min_duration": 1}
+    # a conv stack of one frame per second cannot fit any of these sentences: all CTC-infeasible
+    with pytest.raises(ValueError, match="ctc_infeasible"):
+        SpeechLoader(shard_dir, LoaderConfig(), labeler=vocab.encode, conv_kernel=(16000,), conv_stride=(16000,))
+
+
+def test_output_frames_match_the_model():
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    config = Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                            conv_dim=(8,) * 7, conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE)
+    model = Wav2Vec2Model(config)
+    for n in (400, 401, 16000, 33333):
+        expect = model._get_feat_extract_output_lengths(torch.tensor(n)).item()
+        assert output_frames(np.array([n]), CONV_KERNEL, CONV_STRIDE)[0] == expect
+
+
+def test_resampled_mode_gives_fixed_steps_on_every_rank(cv_shards):
+    shard_dir, _ = cv_shards
+    vocab = vocab_for(shard_dir)
+    lengths = [len(list(loader(shard_dir, vocab, mode="resampled", steps_per_epoch=7, rank=r, world_size=2,
+                               num_workers=2))) for r in range(2)]
+    assert lengths == [7, 7]
+
+
+def test_shard_specs(cv_shards, tmp_path):
+    shard_dir, expected = cv_shards
+    names = sorted(p.name for p in shard_dir.glob("*.tar"))
+    prefix = names[0].rsplit("-", 1)[0]
+    assert expand_spec(shard_dir) == [str(shard_dir / n) for n in names]
+    assert expand_spec(f"{shard_dir}/{prefix}-{{000000..000002}}.tar") == [str(shard_dir / n) for n in names]
+    assert expand_spec(f"{shard_dir}/*.tar") == [str(shard_dir / n) for n in names]
+    vocab = vocab_for(shard_dir)
+    pipe = [f"pipe:cat {shard_dir / n}" for n in names]
+    ld = SpeechLoader(pipe, LoaderConfig(max_batch_seconds=8.0), labeler=vocab.encode,
+                      index=str(shard_dir / "index.json"))
+    assert sorted(k for b in ld for k in b["keys"]) == sorted(expected.written)
+    with pytest.raises(ValueError, match="matches no shards"):
+        SpeechLoader(f"{tmp_path}/nothing-*.tar")
+    with pytest.raises(ValueError, match="index"):
+        SpeechLoader(pipe)

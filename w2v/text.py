@@ -1,0 +1,98 @@
+"""Transcript normalisation and the character vocabulary, shared by training and the LM stage.
+
+The same `TextNormalizer` turns shard transcripts into training labels and LM text, so the LM's
+words are spelled exactly as the acoustic model learns to emit them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PAD, UNK, WORD_DELIMITER = "[PAD]", "[UNK]", "|"
+# ASCII punctuation except the apostrophe, plus typographic quotes, dashes and symbols users meet
+# in Common Voice. Apostrophes stay: "it's" and "its" are different words.
+DEFAULT_CHARS_TO_IGNORE = "!\"#$%&()*+,./:;<=>?@[\\]^_`{|}~“”„‟‘‚«»‹›…¿¡·•–—�"
+# Applied before lower-casing and removal: the typographic apostrophe becomes the ASCII one, and
+# hyphens/dashes separate words ("twenty-two" → "twenty two", not "twentytwo").
+DEFAULT_REPLACEMENTS = (("’", "'"), ("ʼ", "'"), ("`", "'"), ("-", " "), ("–", " "), ("—", " "))
+
+
+@dataclass
+class TextNormalizer:
+    nfkc: bool = True
+    lower: bool = True
+    chars_to_ignore: str = DEFAULT_CHARS_TO_IGNORE
+    replacements: Sequence[Sequence[str]] = field(default_factory=lambda: list(DEFAULT_REPLACEMENTS))
+
+    def __post_init__(self) -> None:
+        self._ignore = re.compile("[" + re.escape(self.chars_to_ignore) + "]") if self.chars_to_ignore else None
+
+    def __call__(self, text: str) -> str:
+        if self.nfkc:
+            text = unicodedata.normalize("NFKC", text)
+        for old, new in self.replacements:
+            text = text.replace(old, new)
+        if self.lower:
+            text = text.lower()
+        if self._ignore is not None:
+            text = self._ignore.sub("", text)
+        return " ".join(text.split())
+
+
+class Vocabulary:
+    """Characters → ids for CTC: `[PAD]` = 0 is the blank, `[UNK]` = 1, `|` separates words."""
+
+    def __init__(self, tokens: dict[str, int], normalizer: TextNormalizer | None = None):
+        self.tokens = tokens
+        self.normalizer = normalizer or TextNormalizer()
+        self.unk_id, self.pad_id = tokens[UNK], tokens[PAD]
+        self.unknown: Counter = Counter()  # characters mapped to [UNK], with counts
+
+    @classmethod
+    def build(cls, texts: Iterable[str], normalizer: TextNormalizer | None = None) -> Vocabulary:
+        normalizer = normalizer or TextNormalizer()
+        chars = Counter()
+        for text in texts:
+            chars.update(normalizer(text))
+        chars.pop(" ", None)
+        tokens = {PAD: 0, UNK: 1, WORD_DELIMITER: 2}
+        for ch in sorted(chars):
+            if ch not in tokens:
+                tokens[ch] = len(tokens)
+        return cls(tokens, normalizer)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Normalise and map to ids; unknown characters become [UNK] and are counted."""
+        ids = []
+        for ch in self.normalizer(text):
+            if ch == " ":
+                ids.append(self.tokens[WORD_DELIMITER])
+            elif ch in self.tokens:
+                ids.append(self.tokens[ch])
+            else:
+                self.unknown[ch] += 1
+                ids.append(self.unk_id)
+        return np.asarray(ids, dtype=np.int64)
+
+    def decode_ids(self, ids: Iterable[int]) -> str:
+        inverse = {i: t for t, i in self.tokens.items()}
+        chars = [" " if inverse[i] == WORD_DELIMITER else inverse[i] for i in ids if i != self.pad_id]
+        return " ".join("".join(chars).split())
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.tokens, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path, normalizer: TextNormalizer | None = None) -> Vocabulary:
+        return cls(json.loads(Path(path).read_text(encoding="utf-8")), normalizer)
