@@ -538,6 +538,11 @@ class SpeechLoader:
     def __len__(self) -> int:
         return sum(p.num_batches for p in self.plans()[self.rank])
 
+    @property
+    def finished(self) -> bool:
+        """Every batch of this epoch has been consumed (a checkpoint may land exactly here)."""
+        return sum(self.consumed) == len(self)
+
     def padding_fraction(self) -> float:
         """The plan's padding fraction for this rank and epoch (what the bucketer achieves)."""
         real = padded = 0.0
@@ -550,10 +555,9 @@ class SpeechLoader:
 
     def __iter__(self) -> Iterator[dict]:
         plans = self.plans()[self.rank]
-        remaining = [p.num_batches - c for p, c in zip(plans, self.consumed, strict=True)]
-        if sum(remaining) == 0:
+        if self.finished:  # iterating a finished epoch again: a new pass over the same epoch
             self.consumed = [0] * self.workers
-            remaining = [p.num_batches for p in plans]
+        remaining = [p.num_batches - c for p, c in zip(plans, self.consumed, strict=True)]
         # the canonical order: round-robin over workers by batch index, whatever DataLoader delivers
         expected = sorted(((c + k, w) for w, c in enumerate(self.consumed) for k in range(remaining[w])))
         loader = torch.utils.data.DataLoader(

@@ -1,0 +1,414 @@
+#!/usr/bin/env python
+"""Fine-tune wav2vec2 / XLS-R for CTC speech recognition.
+
+    accelerate launch train.py --config configs/xlsr.yaml --train_shards shards/train --eval_shards shards/dev \
+        --model_name_or_path /models/wav2vec2-xls-r-300m --output_dir runs/xlsr
+
+Read top to bottom: set-up, vocabulary, model, data, optimizer, (resume), the update loop, the end.
+One update = one window of `gradient_accumulation_steps` micro-batches. The CTC loss is summed over
+every label of the window on every rank and divided by the window's label count gathered across
+ranks, so batch size, accumulation and world size do not change the gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from w2v.config import TrainConfig, parse_config
+from w2v.data import LoaderConfig, SpeechLoader
+from w2v.decode import greedy_decode
+from w2v.metrics import ErrorCounts
+from w2v.model import ConfigError, CTCModel, build_processor, load_model, wants_attention_mask
+from w2v.schedule import make_scheduler
+from w2v.shards import read_index
+from w2v.text import TextNormalizer, Vocabulary
+
+# Settings a checkpoint must share with the run that resumes it (else the batches or shapes differ).
+RESUME_MUST_MATCH = ("model_name_or_path", "model_config", "max_batch_seconds", "max_batch_size", "num_buckets",
+                     "shuffle_buffer", "seed", "dataloader_num_workers", "gradient_accumulation_steps",
+                     "min_duration", "max_duration", "train_shards")
+
+
+def main(cfg: TrainConfig) -> None:
+    # ---------------------------------------------------------------- set-up
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.layerdrop > 0 or cfg.freeze_finetune_steps > 0)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
+                              log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              project_dir=cfg.output_dir, kwargs_handlers=[ddp])
+    main_proc = accelerator.is_main_process
+    say = accelerator.print
+    out = Path(cfg.output_dir)
+    check_inputs(cfg)
+    set_seed(cfg.seed)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+
+    # ---------------------------------------------------------------- vocabulary (built once, on rank 0)
+    normalizer = TextNormalizer(lower=cfg.lower_case, **({"chars_to_ignore": cfg.chars_to_ignore}
+                                                          if cfg.chars_to_ignore is not None else {}),
+                                **({"replacements": cfg.replacements} if cfg.replacements is not None else {}))
+    vocab_file = out / "vocab.json"
+    with accelerator.main_process_first():
+        if main_proc:
+            out.mkdir(parents=True, exist_ok=True)
+            if cfg.vocab_path:
+                shutil.copyfile(cfg.vocab_path, vocab_file)
+            elif not vocab_file.is_file() or not cfg.resume_from_checkpoint:
+                texts = (t for s in read_index_for(cfg.train_shards, cfg.train_index)["shards"] for t in s["texts"])
+                Vocabulary.build(texts, normalizer).save(vocab_file)
+    vocab = Vocabulary.load(vocab_file, normalizer)
+
+    # ---------------------------------------------------------------- model
+    model = load_model(cfg, vocab)
+    processor = build_processor(vocab_file, model.config)
+    use_mask = wants_attention_mask(model.config)
+    conv = (model.config.conv_kernel, model.config.conv_stride)
+    say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"feat_extract_norm={model.config.feat_extract_norm} → attention mask {'on' if use_mask else 'off'}, "
+        f"vocabulary {len(vocab)}")
+
+    # ---------------------------------------------------------------- data
+    def make_loader(shards: str, index: str | None, train: bool) -> SpeechLoader:
+        loader_cfg = LoaderConfig(
+            max_batch_seconds=cfg.max_batch_seconds if train else (cfg.eval_max_batch_seconds or cfg.max_batch_seconds),
+            max_batch_size=cfg.max_batch_size, num_buckets=cfg.num_buckets, shuffle=train,
+            shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, min_duration=cfg.min_duration if train else None,
+            max_duration=cfg.max_duration if train else None, return_attention_mask=use_mask,
+            num_workers=cfg.dataloader_num_workers)
+        return SpeechLoader(shards, loader_cfg, labeler=vocab.encode, rank=accelerator.process_index,
+                            world_size=accelerator.num_processes, conv_kernel=conv[0], conv_stride=conv[1],
+                            index=index)
+
+    train_loader = make_loader(cfg.train_shards, cfg.train_index, train=True)
+    eval_loader = make_loader(cfg.eval_shards, cfg.eval_index, train=False) if cfg.eval_shards else None
+    report_unknown(vocab, say)
+    updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+    max_steps = cfg.max_steps or math.ceil(cfg.num_train_epochs * updates_per_epoch)
+    say(f"train: {len(train_loader.table)} utterances, {len(train_loader)} batches per epoch and rank, "
+        f"{updates_per_epoch} updates per epoch, {max_steps} updates; planned padding "
+        f"{100 * train_loader.padding_fraction():.1f}%; dropped at plan: {train_loader.drops_at_plan() or 'none'}")
+
+    # ---------------------------------------------------------------- optimizer, schedule
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * max_steps)
+    # Not passed to prepare(): an AcceleratedScheduler would step once per process; ours steps
+    # exactly once per optimizer update that really happened.
+    scheduler = make_scheduler(optimizer, cfg.lr_scheduler_type, max_steps, warmup, cfg.hold_ratio, cfg.final_lr_scale)
+    ctc_model, optimizer = accelerator.prepare(CTCModel(model), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if cfg.report_to != "none":
+        accelerator.init_trackers("w2v", config={k: v for k, v in cfg.to_dict().items()
+                                                 if isinstance(v, int | float | str | bool)})
+
+    # ---------------------------------------------------------------- resume
+    update = 0
+    counters = {"skipped_nonfinite": 0, "skipped_overflow": 0}
+    if cfg.resume_from_checkpoint:
+        ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        check_resumable(cfg, state, accelerator.num_processes, vocab_file, ckpt)
+        accelerator.load_state(str(ckpt))
+        train_loader.load_state_dict(json.loads((ckpt / f"loader_rank{accelerator.process_index}.json").read_text()))
+        update, counters = state["update"], state["counters"]
+        say(f"resumed from {ckpt} at update {update} (epoch {train_loader.epoch})")
+
+    # ---------------------------------------------------------------- the update loop
+    metrics_file = open(out / "metrics.jsonl", "a") if main_proc else None  # noqa: SIM115
+    bar = tqdm(total=max_steps, initial=update, disable=not main_proc, desc="training", dynamic_ncols=True)
+    window_log = LogWindow(train_loader)
+    batches = iterate_forever(train_loader)
+    while update < max_steps:
+        window = next_window(batches, train_loader, cfg.gradient_accumulation_steps)
+        ctc_model.train()
+        train_encoder = update >= cfg.freeze_finetune_steps
+        # labels in the whole window, on all ranks: the loss denominator
+        local_tokens = sum(int((b["labels"] >= 0).sum()) for b in window)
+        tokens = accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for i, batch in enumerate(window):
+            last = i == len(window) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(ctc_model):
+                batch_loss = ctc_loss_sum(ctc_model, batch, vocab.pad_id, accelerator, train_encoder)
+                if update == cfg.debug_inject_nan_update and accelerator.is_main_process:
+                    batch_loss = batch_loss * float("nan")
+                # DDP averages gradients over ranks; × world size turns that into a plain sum
+                accelerator.backward(batch_loss * accelerator.num_processes / max(tokens, 1))
+            loss_sum += batch_loss.detach()
+        # a non-finite loss anywhere skips the update everywhere (every rank sees the same flag)
+        bad = accelerator.reduce((~torch.isfinite(loss_sum)).float(), "sum").item() > 0
+        if update == 0 and cfg.debug_dump_gradients and main_proc:
+            dump_gradients(ctc_model, accelerator, cfg.debug_dump_gradients)
+        grad_norm = accelerator.clip_grad_norm_(ctc_model.parameters(), cfg.max_grad_norm) if not bad else None
+        if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.scaler is None:
+            bad = True
+        if bad:
+            counters["skipped_nonfinite"] += 1
+        else:
+            optimizer.step()
+            if optimizer.step_was_skipped:  # fp16 overflow: the scaler skipped it and lowered the scale
+                counters["skipped_overflow"] += 1
+            else:
+                scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        update += 1
+        bar.update(1)
+        window_log.add(window, loss_sum, local_tokens)
+
+        if update % cfg.logging_steps == 0 or update == max_steps:
+            record = window_log.flush(accelerator, update, scheduler, grad_norm, counters)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+            write_record(metrics_file, record, accelerator)
+        if eval_loader is not None and (update % cfg.eval_steps == 0 or update == max_steps):
+            record = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples)
+            write_record(metrics_file, {"update": update, **record}, accelerator)
+            say(f"\nupdate {update}: eval WER {100 * record['eval_wer']:.2f}%  CER {100 * record['eval_cer']:.2f}%")
+        if update % cfg.save_steps == 0 and update < max_steps:
+            save_checkpoint(accelerator, out, update, cfg, train_loader, counters, vocab_file)
+    bar.close()
+
+    # ---------------------------------------------------------------- the end: a Hugging Face folder
+    accelerator.wait_for_everyone()
+    if main_proc:
+        final = out / "final"
+        tmp = out / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(ctc_model).model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")
+        if counters["skipped_nonfinite"] or counters["skipped_overflow"]:
+            say(f"skipped updates: {counters}")
+        metrics_file.close()
+    accelerator.end_training()
+
+
+# ==================================================================================================
+# The pieces the loop uses, in the order it uses them
+# ==================================================================================================
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """Bad configuration → a clear error before any model or data work."""
+    if not cfg.train_shards:
+        raise ConfigError("--train_shards is required (a shard folder, brace pattern, glob or URLs)")
+    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"--mixed_precision must be no, fp16 or bf16, not {cfg.mixed_precision!r}")
+    if cfg.gradient_accumulation_steps < 1:
+        raise ConfigError("--gradient_accumulation_steps must be >= 1")
+    if cfg.vocab_path and not Path(cfg.vocab_path).is_file():
+        raise ConfigError(f"--vocab_path {cfg.vocab_path}: no such file")
+
+
+def read_index_for(spec: str, index: str | None) -> dict:
+    """The index of a shard spec: the given one, or the index.json of the folder the shards are in."""
+    if index:
+        return read_index(Path(index).parent) if Path(index).name == "index.json" else read_index(index)
+    from w2v.data import expand_spec
+
+    urls = expand_spec(spec)
+    if not urls:
+        raise ConfigError(f"shard spec {spec!r} matches no shards")
+    return read_index(Path(urls[0]).parent)
+
+
+def report_unknown(vocab: Vocabulary, say) -> None:
+    if vocab.unknown:
+        listed = ", ".join(f"{ch!r}×{n}" for ch, n in vocab.unknown.most_common(20))
+        say(f"characters outside the vocabulary (→ [UNK]): {listed}")
+
+
+def iterate_forever(loader: SpeechLoader):
+    """Batches across epoch boundaries; the loader's state says where we are."""
+    while True:
+        if loader.finished:
+            loader.set_epoch(loader.epoch + 1)
+        yield from loader
+
+
+def next_window(batches, loader: SpeechLoader, size: int) -> list[dict]:
+    """The micro-batches of one update; a window does not cross an epoch boundary."""
+    window: list[dict] = []
+    epoch = loader.epoch
+    while len(window) < size:
+        window.append(next(batches))
+        if loader.finished or loader.epoch != epoch:
+            break
+    return window
+
+
+def ctc_loss_sum(model, batch: dict, blank: int, accelerator: Accelerator, train_encoder: bool) -> torch.Tensor:
+    """Summed CTC loss of one micro-batch, log-softmax and CTC in fp32, over the true output lengths."""
+    device = accelerator.device
+    values = batch["input_values"].to(device)
+    mask = batch["attention_mask"].to(device) if "attention_mask" in batch else None
+    with accelerator.autocast():
+        logits = model(values, attention_mask=mask, train_encoder=train_encoder)
+    if batch["empty"]:  # a stand-in batch that keeps ranks in step: weight zero, graph intact
+        return logits.float().sum() * 0.0
+    labels = batch["labels"].to(device)
+    label_lengths = (labels >= 0).sum(-1)
+    frames = accelerator.unwrap_model(model).output_lengths(batch["input_lengths"].to(device))
+    with torch.autocast(device_type=device.type, enabled=False):
+        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
+        return F.ctc_loss(log_probs, labels[labels >= 0], frames, label_lengths, blank=blank, reduction="sum",
+                          zero_infinity=True)
+
+
+def dump_gradients(model, accelerator: Accelerator, path: str) -> None:
+    grads = {n: p.grad.detach().float().cpu().clone() for n, p in accelerator.unwrap_model(model).named_parameters()
+             if p.grad is not None}
+    torch.save(grads, path)
+
+
+class LogWindow:
+    """Accumulates what happened since the last log line."""
+
+    def __init__(self, loader: SpeechLoader):
+        self.loader = loader
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss = 0.0
+        self.tokens = 0
+        self.audio = 0.0
+        self.padded = 0.0
+        self.start = time.perf_counter()
+        self.wait0 = self.loader.wait_seconds
+
+    def add(self, window: list[dict], loss_sum: torch.Tensor, tokens: int) -> None:
+        if torch.isfinite(loss_sum):
+            self.loss += loss_sum.item()
+            self.tokens += tokens
+        self.audio += sum(b["audio_seconds"] for b in window)
+        self.padded += sum(b["padded_seconds"] for b in window)
+
+    def flush(self, accelerator: Accelerator, update: int, scheduler, grad_norm, counters: dict) -> dict:
+        sums = accelerator.reduce(torch.tensor([self.loss, self.tokens, self.audio, self.padded],
+                                               dtype=torch.float64, device=accelerator.device), "sum").tolist()
+        elapsed = time.perf_counter() - self.start
+        diagnostics = self.loader.diagnostics()
+        record = {
+            "update": update,
+            "loss": sums[0] / max(sums[1], 1),  # per label
+            "lr": scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "loss_scale": accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0,
+            "audio_seconds_per_second": sums[2] / max(elapsed, 1e-9),
+            "padding_percent": 100.0 * (1 - sums[2] / sums[3]) if sums[3] else 0.0,
+            "loader_wait_seconds": self.loader.wait_seconds - self.wait0,
+            "epoch": self.loader.epoch,
+            "drops": diagnostics["drops"],
+            **counters,
+        }
+        self.reset()
+        return record
+
+
+def write_record(handle, record: dict, accelerator: Accelerator) -> None:
+    if handle is not None:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+    accelerator.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["update"])
+
+
+def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accelerator, n_examples: int) -> dict:
+    """Greedy WER/CER over the eval shards, exact across ranks (each utterance counted once)."""
+    model.eval()
+    counts, examples = ErrorCounts(), []
+    inverse = {i: t for t, i in vocab.tokens.items()}
+    with torch.no_grad():
+        for batch in loader:
+            device = accelerator.device
+            mask = batch["attention_mask"].to(device) if "attention_mask" in batch else None
+            with accelerator.autocast():
+                logits = model(batch["input_values"].to(device), attention_mask=mask)
+            if batch["empty"]:
+                continue
+            frames = accelerator.unwrap_model(model).output_lengths(batch["input_lengths"].to(device))
+            hyps = greedy_decode(logits.float().cpu().numpy(), inverse, vocab.pad_id, frames.cpu().numpy())
+            refs = [vocab.normalizer(t) for t in batch["texts"]]
+            counts = counts + ErrorCounts.of(refs, hyps)
+            examples += list(zip(refs, hyps, strict=True))[: max(0, n_examples - len(examples))]
+    total = accelerator.gather_for_metrics(torch.tensor([counts.as_list()], device=accelerator.device))
+    total = ErrorCounts(*total.sum(0).tolist())
+    for ref, hyp in examples:
+        accelerator.print(f"  ref: {ref}\n  hyp: {hyp}")
+    model.train()
+    return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_utterances": total.utterances}
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: TrainConfig, loader: SpeechLoader,
+                    counters: dict, vocab_file: Path) -> None:
+    """save_state into a temporary folder, renamed when complete: a crash never damages the last good one."""
+    root = out / "checkpoints"
+    tmp, final = root / f".tmp-step-{update}", root / f"step-{update}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    (tmp / f"loader_rank{accelerator.process_index}.json").write_text(json.dumps(loader.state_dict()))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {"update": update, "counters": counters, "world_size": accelerator.num_processes,
+                 "config": {k: getattr(cfg, k) for k in RESUME_MUST_MATCH}}
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        shutil.copyfile(vocab_file, tmp / "vocab.json")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        kept = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        for old in kept[: max(0, len(kept) - cfg.save_total_limit)]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def find_checkpoint(out: Path, which: str) -> Path:
+    if which == "latest":
+        found = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        if not found:
+            raise ConfigError(f"--resume_from_checkpoint latest: no checkpoint in {out / 'checkpoints'}")
+        return found[-1]
+    path = Path(which)
+    if not (path / "trainer_state.json").is_file():
+        raise ConfigError(f"--resume_from_checkpoint {path}: not a checkpoint folder (no trainer_state.json)")
+    return path
+
+
+def check_resumable(cfg: TrainConfig, state: dict, world: int, vocab_file: Path, ckpt: Path) -> None:
+    diffs = [f"{k}: checkpoint {state['config'].get(k)!r}, now {getattr(cfg, k)!r}"
+             for k in RESUME_MUST_MATCH if state["config"].get(k) != getattr(cfg, k)]
+    if state["world_size"] != world:
+        diffs.append(f"world size: checkpoint {state['world_size']}, now {world}")
+    if (ckpt / "vocab.json").read_text() != vocab_file.read_text():
+        diffs.append("vocab.json differs")
+    if diffs:
+        raise ConfigError(f"{ckpt} comes from another configuration; exact resume is impossible:\n  "
+                          + "\n  ".join(diffs))
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_config())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,124 @@
+"""Training configuration: one dataclass with Hugging Face argument names, from YAML + command line.
+
+    accelerate launch train.py --config configs/xlsr.yaml --learning_rate 1e-4 --max_steps 2000
+
+The YAML gives defaults, the command line overrides them. `model_config` (a dict of
+`Wav2Vec2Config` fields for a model trained from scratch) is YAML-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+
+@dataclass
+class TrainConfig:
+    # --- data -----------------------------------------------------------------------------------
+    train_shards: str | None = field(default=None, metadata={"help": "shard folder, brace pattern, glob or URLs"})
+    eval_shards: str | None = field(default=None, metadata={"help": "held-out shards for WER/CER"})
+    train_index: str | None = field(default=None, metadata={"help": "index.json for pipe:/URL shards"})
+    eval_index: str | None = None
+    output_dir: str = "runs/default"
+    max_batch_seconds: float = field(default=200.0, metadata={
+        "help": "cap on padded audio seconds per batch (n × longest): long audio cannot OOM"})
+    max_batch_size: int = field(default=0, metadata={"help": "cap on utterances per batch (0: none)"})
+    min_duration: float = 0.5
+    max_duration: float = field(default=20.0, metadata={
+        "help": "drop longer utterances (the field notes: long audio is the usual OOM)"})
+    num_buckets: int = 30
+    shuffle_buffer: int = 1000
+    dataloader_num_workers: int = 2
+    eval_max_batch_seconds: float | None = None
+    # --- text -----------------------------------------------------------------------------------
+    lower_case: bool = True
+    chars_to_ignore: str | None = field(default=None, metadata={
+        "help": "characters removed from transcripts (default: punctuation and typographic quotes, "
+                "apostrophes kept)"})
+    vocab_path: str | None = field(default=None, metadata={"help": "use this vocab.json instead of building one"})
+    # --- model ----------------------------------------------------------------------------------
+    model_name_or_path: str | None = field(default=None, metadata={
+        "help": "a local pretrained Hugging Face folder (nothing is downloaded)"})
+    freeze_feature_encoder: bool = True
+    freeze_finetune_steps: int = field(default=0, metadata={"help": "updates during which only the CTC head trains"})
+    mask_time_prob: float = 0.05
+    mask_time_length: int = 10
+    mask_feature_prob: float = 0.0
+    mask_feature_length: int = 10
+    layerdrop: float = 0.0
+    hidden_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    feat_proj_dropout: float = 0.0
+    final_dropout: float = 0.0
+    gradient_checkpointing: bool = False
+    # --- optimisation ---------------------------------------------------------------------------
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.005
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = field(default="tri_stage", metadata={"help": "tri_stage | linear | cosine"})
+    warmup_steps: int = field(default=0, metadata={"help": "0: warmup_ratio of max_steps"})
+    warmup_ratio: float = 0.1
+    hold_ratio: float = field(default=0.4, metadata={"help": "tri_stage: share of steps held at the peak"})
+    final_lr_scale: float = field(default=0.05, metadata={"help": "tri_stage/cosine: final lr / peak lr"})
+    max_steps: int = field(default=0, metadata={"help": "optimizer updates (0: from num_train_epochs)"})
+    num_train_epochs: float = 1.0
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    seed: int = 42
+    # --- logging, evaluation, checkpoints -----------------------------------------------------
+    logging_steps: int = 50
+    eval_steps: int = 500
+    save_steps: int = 500
+    save_total_limit: int = 2
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest | a checkpoint folder"})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | … (when installed)"})
+    num_eval_examples: int = 3
+    # --- testing aids (fault injection and introspection; off by default) -------------------------
+    debug_inject_nan_update: int = field(default=-1, metadata={"help": "rank 0 makes this update's loss NaN"})
+    debug_dump_gradients: str | None = field(default=None, metadata={
+        "help": "save the first update's (all-reduced) gradients to this .pt file"})
+    # YAML only
+    # YAML only (init=False keeps them off the command line): Wav2Vec2Config fields for a model
+    # from scratch, and text replacements [[old, new], …] applied before normalisation
+    model_config: dict | None = field(default=None, init=False)
+    replacements: list | None = field(default=None, init=False)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+YAML_ONLY = ("model_config", "replacements")
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """`--config FILE.yaml` for defaults, then `--key value` overrides (Hugging Face names)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    yaml_values: dict = {}
+    if "--config" in argv:
+        i = argv.index("--config")
+        path = Path(argv[i + 1])
+        del argv[i:i + 2]
+        yaml_values = yaml.safe_load(path.read_text()) or {}
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(yaml_values) - known)
+        if unknown:
+            raise SystemExit(f"error: {path}: unknown keys {unknown}")
+    parser = HfArgumentParser(TrainConfig)
+    for action in parser._actions:  # YAML values become the defaults the command line overrides
+        if action.dest in yaml_values and action.dest not in YAML_ONLY:
+            action.default = yaml_values[action.dest]
+            action.required = False
+    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    for key in YAML_ONLY:
+        if key in yaml_values:
+            setattr(cfg, key, yaml_values[key])
+    return cfg

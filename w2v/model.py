@@ -1,0 +1,105 @@
+"""The CTC model: a local pretrained wav2vec2/XLS-R folder with a new head, or a config from scratch.
+
+`CTCModel` wraps `Wav2Vec2ForCTC` so that one forward argument decides whether the encoder trains
+(`freeze_finetune_steps`: only the head learns at first, as in fairseq). The switch has to live
+inside the module that DDP wraps: calling submodules around DDP would bypass its gradient hooks.
+The CTC loss itself is computed by the training loop (sum reduction, fp32, true lengths).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
+
+from w2v.config import TrainConfig
+from w2v.text import PAD, UNK, WORD_DELIMITER, Vocabulary
+
+# Settings from the training config copied into the model config (SpecAugment, dropouts, layerdrop).
+REGULARISATION = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length",
+                  "layerdrop", "hidden_dropout", "activation_dropout", "attention_dropout",
+                  "feat_proj_dropout", "final_dropout")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot train: reported before training starts."""
+
+
+def wants_attention_mask(config: Wav2Vec2Config) -> bool:
+    """HF rule: layer-norm checkpoints (large, XLS-R) take the mask; group-norm ones (base) must not."""
+    return config.feat_extract_norm == "layer"
+
+
+def build_processor(vocab_file: str | Path, config: Wav2Vec2Config) -> Wav2Vec2Processor:
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), unk_token=UNK, pad_token=PAD, word_delimiter_token=WORD_DELIMITER)
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                         return_attention_mask=wants_attention_mask(config))
+    return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
+
+
+def _ctc_overrides(cfg: TrainConfig, vocab: Vocabulary) -> dict:
+    return {**{k: getattr(cfg, k) for k in REGULARISATION}, "vocab_size": len(vocab), "pad_token_id": vocab.pad_id,
+            "ctc_loss_reduction": "sum", "ctc_zero_infinity": True}
+
+
+def load_model(cfg: TrainConfig, vocab: Vocabulary) -> Wav2Vec2ForCTC:
+    """A pretrained local folder (new head sized to the vocabulary) or `model_config` from scratch."""
+    if cfg.model_name_or_path:
+        folder = Path(cfg.model_name_or_path)
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"--model_name_or_path {folder}: no config.json there (a local Hugging Face "
+                              "folder is needed; nothing is downloaded)")
+        pretrained = Wav2Vec2Config.from_pretrained(folder)
+        head = getattr(pretrained, "vocab_size", None)
+        has_head = any("lm_head" in k for k in _weight_names(folder))
+        if has_head and (folder / "vocab.json").is_file() and head != len(vocab):
+            raise ConfigError(f"{folder} has a CTC head of {head} labels but the vocabulary has {len(vocab)}: "
+                              f"pass --vocab_path {folder / 'vocab.json'} to keep its head")
+        model = Wav2Vec2ForCTC.from_pretrained(folder, ignore_mismatched_sizes=True, **_ctc_overrides(cfg, vocab))
+    elif cfg.model_config:
+        model = Wav2Vec2ForCTC(Wav2Vec2Config(**{**cfg.model_config, **_ctc_overrides(cfg, vocab)}))
+    else:
+        raise ConfigError("give --model_name_or_path LOCAL_DIR or a model_config block in the YAML")
+    if cfg.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def _weight_names(folder: Path) -> list[str]:
+    """Parameter names in a checkpoint folder without loading tensors."""
+    names: list[str] = []
+    for path in folder.glob("*.safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            names += list(f.keys())
+    for path in folder.glob("pytorch_model*.bin"):
+        names += list(torch.load(path, map_location="meta", weights_only=True))
+    return names
+
+
+class CTCModel(nn.Module):
+    """`Wav2Vec2ForCTC` returning logits, with the encoder optionally frozen for this forward."""
+
+    def __init__(self, model: Wav2Vec2ForCTC):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                train_encoder: bool = True) -> torch.Tensor:
+        with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+            hidden = self.model.wav2vec2(input_values, attention_mask=attention_mask)[0]
+        return self.model.lm_head(self.model.dropout(hidden))
+
+    def output_lengths(self, input_lengths: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(input_lengths).long()
