@@ -45,7 +45,8 @@ def _shifted_sums(x):
 
 @numba.njit(cache=True, fastmath=True)
 def _write_row(x, scale, vrow, mrow):
-    """Normalise one utterance ``x`` into the padded row ``vrow`` and fill its mask row ``mrow``."""
+    """Normalise one utterance ``x`` into the padded row ``vrow``; fill the mask row ``mrow``
+    unless it is empty (no mask wanted)."""
     length = x.size
     if length > 0:
         k, s1, s2 = _shifted_sums(x)
@@ -58,10 +59,10 @@ def _write_row(x, scale, vrow, mrow):
         b = -mean * inv_std
         for t in range(length):
             vrow[t] = np.float32(np.float64(x[t]) * a + b)
-            mrow[t] = 1
-    for t in range(length, vrow.size):
-        vrow[t] = 0.0
-        mrow[t] = 0
+    vrow[length:] = 0.0
+    if mrow.size > 0:  # separate fills vectorise better than one loop storing both arrays
+        mrow[:length] = 1
+        mrow[length:] = 0
 
 
 @numba.njit(cache=True)
@@ -101,7 +102,8 @@ def normalize_and_pad(
     out: np.ndarray | None = None,
     pad_to_multiple_of: int | None = None,
     mask_out: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    with_mask: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Normalise each utterance to zero mean / unit variance and pad them into one batch.
 
     Args:
@@ -111,14 +113,17 @@ def normalize_and_pad(
         lengths: samples per utterance (int), when ``audio`` is flat.
         out: optional reusable workspace: any C-contiguous float32 array with at least
             ``B * T_max`` elements; the result is a contiguous ``(B, T_max)`` view of its start.
-            Reusing one saves the page faults of a fresh multi-MB array on every batch (about half
-            the time of this function); only safe once the previous batch has been copied away
-            (e.g. a DataLoader worker's batch is copied into shared memory when sent).
+            Reusing one can save the page faults of a fresh multi-MB array per batch; only safe
+            once the previous batch has been copied away (a DataLoader worker's batch is copied
+            into shared memory when sent).
         pad_to_multiple_of: round ``T_max`` up to a multiple of this.
         mask_out: the same for the int32 attention mask.
+        with_mask: False skips the mask (returned as None). It is a third of the bytes written
+            and redundant with the lengths: a GPU builds it as ``arange(T) < lengths[:, None]``.
+            (group-norm checkpoints such as wav2vec2-base take no mask at all.)
 
     Returns:
-        ``(values float32[B, T_max], attention_mask int32[B, T_max])``; padding is 0.0 / 0.
+        ``(values float32[B, T_max], attention_mask int32[B, T_max] or None)``; padding is 0.0 / 0.
         Statistics use only each utterance's real samples, so padding never changes the values.
     """
     if lengths is None:
@@ -126,21 +131,21 @@ def normalize_and_pad(
         n = np.array([r.size for r in rows], dtype=np.int64)
         width = _padded_width(int(n.max()) if n.size else 0, pad_to_multiple_of)
         values = _output(out, np.float32, n.size, width)
-        mask = _output(mask_out, np.int32, n.size, width)
+        mask = _output(mask_out, np.int32, n.size, width if with_mask else 0)
         # One kernel call per utterance: the per-call overhead (~1 us) is negligible next to
         # 1e5 samples, and it avoids concatenating the batch first (a full extra copy).
         for i, r in enumerate(rows):
             _write_row(r, _INT16_SCALE if r.dtype == np.int16 else 1.0, values[i], mask[i])
-        return values, mask
+        return values, mask if with_mask else None
     flat = _as_audio(audio)
     n = np.ascontiguousarray(lengths, dtype=np.int64).reshape(-1)
     if n.size and (n.min() < 0 or int(n.sum()) != flat.size):
         raise ValueError("lengths must be >= 0 and sum to len(audio)")
     width = _padded_width(int(n.max()) if n.size else 0, pad_to_multiple_of)
     values = _output(out, np.float32, n.size, width)
-    mask = _output(mask_out, np.int32, n.size, width)
+    mask = _output(mask_out, np.int32, n.size, width if with_mask else 0)
     _pad_flat(flat, n, _INT16_SCALE if flat.dtype == np.int16 else 1.0, values, mask)
-    return values, mask
+    return values, mask if with_mask else None
 
 
 @numba.njit(cache=True)

@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Normalise + pad one batch: w2v.padding.normalize_and_pad against what people use today.
+
+    python benchmarks/bench_padding.py [--json OUT]
+
+A batch is 20 utterances of 6-10 s at 16 kHz (about the 200 padded-seconds cap), float32 unless
+noted; every method returns the padded float32 batch and the int32 attention mask.
+
+* ours_list: ``normalize_and_pad(list_of_arrays)`` (fresh output arrays every batch)
+* ours_flat: the same from one concatenated array + lengths (concatenation not counted)
+* ours_workspace: list input written into reused output arrays (what a loader worker can do)
+* ours_int16: list of int16 arrays (decoder output), converted while normalising
+* ours_no_mask: list input, ``with_mask=False`` (mask built later from the lengths, e.g. on GPU)
+* copy_pad_floor: no normalisation at all, just copying each row into an ``np.empty`` batch and
+  writing padding and mask: the memory traffic every method pays (the machine's floor)
+* numpy_loop: per utterance ``(x - mean) / sqrt(var + 1e-7)``, ``np.zeros`` batch, copy in
+* hf_feature_extractor: ``Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)``
+  on the list with ``padding=True``
+
+One thread (numba and torch). Methods run interleaved over several rounds on 6 different batches
+and each reports its median, so the shared machine's noise hits all of them alike. Throughput is
+real audio seconds per wall second. The numba compile time (cold cache, separate process) and the
+first call (cache load) are reported separately and excluded.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+from transformers import Wav2Vec2FeatureExtractor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from w2v.padding import normalize_and_pad  # noqa: E402
+
+SR = 16_000
+
+
+def make_batches(count: int = 6, size: int = 20, seed: int = 0) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        [(0.1 * rng.standard_normal(int(rng.uniform(6, 10) * SR)) + 0.01).astype(np.float32) for _ in range(size)]
+        for _ in range(count)
+    ]
+
+
+def numpy_loop(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(x.size for x in batch)
+    values = np.zeros((len(batch), width), dtype=np.float32)
+    mask = np.zeros((len(batch), width), dtype=np.int32)
+    for i, x in enumerate(batch):
+        values[i, : x.size] = (x - x.mean()) / np.sqrt(x.var() + 1e-7)
+        mask[i, : x.size] = 1
+    return values, mask
+
+
+def copy_pad(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(x.size for x in batch)
+    values = np.empty((len(batch), width), dtype=np.float32)
+    mask = np.empty((len(batch), width), dtype=np.int32)
+    for i, x in enumerate(batch):
+        values[i, : x.size] = x
+        values[i, x.size :] = 0
+        mask[i, : x.size] = 1
+        mask[i, x.size :] = 0
+    return values, mask
+
+
+def cold_compile_seconds() -> float:
+    """First-call time of normalize_and_pad in a fresh process with an empty numba cache."""
+    code = (
+        "import time, numpy as np; from w2v.padding import normalize_and_pad; t = time.perf_counter(); "
+        "normalize_and_pad([np.ones(10, np.float32)]); print(time.perf_counter() - t)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as cache:
+        env = {"NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
+                              text=True, check=True)
+    return float(proc.stdout.split()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+
+    compile_s = cold_compile_seconds()
+    t = time.perf_counter()
+    normalize_and_pad([np.ones(10, np.float32)])
+    first_call_s = time.perf_counter() - t
+
+    batches = make_batches()
+    flats = [(np.concatenate(b), np.array([x.size for x in b])) for b in batches]
+    ints = [[np.clip(x * 32768, -32768, 32767).astype(np.int16) for x in b] for b in batches]
+    width = max(x.size for b in batches for x in b)
+    work = np.empty(len(batches[0]) * width, dtype=np.float32)
+    work_mask = np.empty(len(batches[0]) * width, dtype=np.int32)
+    fe = Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+
+    methods = {
+        "ours_list": lambda i: normalize_and_pad(batches[i]),
+        "ours_flat": lambda i: normalize_and_pad(*flats[i]),
+        "ours_workspace": lambda i: normalize_and_pad(batches[i], out=work, mask_out=work_mask),
+        "ours_int16": lambda i: normalize_and_pad(ints[i]),
+        "ours_no_mask": lambda i: normalize_and_pad(batches[i], with_mask=False),
+        "copy_pad_floor": lambda i: copy_pad(batches[i]),
+        "numpy_loop": lambda i: numpy_loop(batches[i]),
+        "hf_feature_extractor": lambda i: fe(batches[i], sampling_rate=SR, padding=True, return_tensors="np"),
+    }
+    # Same answer first: every float32 method against HF on batch 0.
+    ref = fe(batches[0], sampling_rate=SR, padding=True, return_tensors="np")
+    max_err = 0.0
+    for name in ("ours_list", "ours_flat", "ours_workspace", "numpy_loop"):
+        values, mask = methods[name](0)
+        assert np.array_equal(mask, ref["attention_mask"]), name
+        max_err = max(max_err, float(np.abs(values - ref["input_values"]).max()))
+
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.rounds):
+        for i in range(len(batches)):
+            for name, fn in methods.items():
+                t = time.perf_counter()
+                fn(i)
+                times[name].append(time.perf_counter() - t)
+    audio_s = np.median([sum(x.size for x in b) / SR for b in batches])
+
+    print(f"batch: {len(batches[0])} utterances of 6-10 s ({audio_s:.0f} s of audio), one thread; "
+          f"max |ours - HF| = {max_err:.1e}")
+    print(f"numba compile (cold cache): {compile_s:.2f} s; first call (cache load): {first_call_s:.3f} s")
+    print(f"{'method':<22}{'ms/batch':>10}{'audio s/s':>12}{'vs HF':>8}{'vs numpy':>10}")
+    res: dict = {}
+    for name, ts in times.items():
+        sec = float(np.median(ts))
+        res[name] = {"ms_per_batch": 1e3 * sec, "audio_seconds_per_second": audio_s / sec}
+    hf_rate = res["hf_feature_extractor"]["audio_seconds_per_second"]
+    np_rate = res["numpy_loop"]["audio_seconds_per_second"]
+    for name, r in res.items():
+        r["speedup_vs_hf"] = r["audio_seconds_per_second"] / hf_rate
+        r["speedup_vs_numpy_loop"] = r["audio_seconds_per_second"] / np_rate
+        print(f"{name:<22}{r['ms_per_batch']:10.2f}{r['audio_seconds_per_second']:12.0f}"
+              f"{r['speedup_vs_hf']:8.1f}{r['speedup_vs_numpy_loop']:10.1f}")
+    for name in ("ours_list", "ours_flat", "ours_int16"):
+        r = res[name]
+        ok = r["speedup_vs_hf"] >= 10 and r["speedup_vs_numpy_loop"] >= 2
+        print(f"target ({name} >= 10x HF and >= 2x numpy loop): {'yes' if ok else 'NO'}")
+    floor = res["copy_pad_floor"]["audio_seconds_per_second"]
+    print(f"ours_list runs at {res['ours_list']['audio_seconds_per_second'] / floor:.0%} of copy_pad_floor "
+          "(memory bandwidth: the bytes every method must move)")
+    out = {"methods": res, "max_abs_error_vs_hf": max_err, "compile_seconds": compile_s,
+           "first_call_seconds": first_call_s, "batch_audio_seconds": float(audio_s)}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
