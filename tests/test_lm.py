@@ -1,0 +1,40 @@
+"""tools/build_lm.py with the real lmplz/build_binary, from text and from shards."""
+
+import kenlm
+
+from tests.conftest import run_tool
+from w2v import arpa
+from w2v.text import TextNormalizer
+
+
+def test_build_lm_from_text_has_eos_naturally_and_loads(tmp_path):
+    text = tmp_path / "lm.txt"
+    text.write_text("The quick brown fox.\n“Curly” quotes, it’s fine!\n\n...\nthe fox sells shells\n")
+    out = tmp_path / "lm"
+    proc = run_tool("build_lm.py", "--text", text, "--order", "3", "--out", out, "--binary", check=True)
+    assert "2 empty after normalisation, skipped" in proc.stdout
+    report = arpa.check_arpa(out / "3gram.arpa")
+    assert report.ok and report.has_eos and "fixed" not in proc.stdout  # one sentence per line: </s> by itself
+    corpus = (out / "corpus.txt").read_text()
+    assert corpus.endswith("\n") and corpus.splitlines() == [
+        "the quick brown fox", "curly quotes it's fine", "the fox sells shells"]
+    words = (out / "unigrams.txt").read_text().split()
+    assert "it's" in words and "<s>" not in words and "</s>" not in words
+    for model_file in (out / "3gram.arpa", out / "3gram.bin"):
+        model = kenlm.Model(str(model_file))
+        assert model.order == 3
+        assert model.score("the fox sells shells") > model.score("shells sells the fox")
+
+
+def test_build_lm_from_shards_uses_the_training_normalisation(cv_shards, tmp_path):
+    shards, expected = cv_shards
+    out = tmp_path / "lm"
+    run_tool("build_lm.py", "--shards", shards, "--order", "2", "--out", out, check=True)
+    normalise = TextNormalizer()
+    assert sorted((out / "corpus.txt").read_text().splitlines()) == sorted(
+        normalise(t) for _, t in expected.written.values())
+
+
+def test_build_lm_refuses_missing_text(tmp_path):
+    proc = run_tool("build_lm.py", "--text", tmp_path / "nope.txt", "--out", tmp_path / "lm")
+    assert proc.returncode == 2

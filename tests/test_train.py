@@ -1,0 +1,165 @@
+"""train.py for real: `accelerate launch` with one process and with two gloo ranks on the CPU."""
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+
+import train
+from tests.conftest import ROOT, run_tool
+from w2v.config import TrainConfig
+from w2v.data import LoaderConfig, SpeechLoader
+from w2v.metrics import ErrorCounts
+from w2v.model import CTCModel, load_model, wants_attention_mask
+from w2v.shards import read_index
+from w2v.text import TextNormalizer, Vocabulary
+
+ACCELERATE = str(Path(sys.executable).parent / "accelerate")
+TINY = str(ROOT / "configs" / "tiny.yaml")
+
+
+def launch(out: Path, shards, *args: str, procs: int = 1, check: bool = True) -> subprocess.CompletedProcess:
+    """`accelerate launch [--multi_gpu --num_processes 2] train.py --config configs/tiny.yaml …`."""
+    dist = ["--multi_gpu", "--num_processes", "2"] if procs == 2 else ["--num_processes", "1"]
+    cmd = [ACCELERATE, "launch", *dist, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           str(ROOT / "train.py"), "--config", TINY, "--train_shards", str(shards), "--output_dir", str(out), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def flat(grads: dict) -> torch.Tensor:
+    return torch.cat([grads[k].flatten() for k in sorted(grads)])
+
+
+def test_gradient_is_independent_of_batch_accumulation_and_world_size(cv_shards, tmp_path):
+    shards, expected = cv_shards  # 6 utterances in 3 shards
+    common = ["--max_steps", "1", "--num_buckets", "1", "--max_batch_seconds", "1000", "--max_grad_norm", "1e9"]
+    runs = {
+        "6x1x1": (1, ["--max_batch_size", "6", "--gradient_accumulation_steps", "1"]),
+        "3x2x1": (1, ["--max_batch_size", "3", "--gradient_accumulation_steps", "2"]),
+        "4x1x2": (2, ["--max_batch_size", "4", "--gradient_accumulation_steps", "1"]),
+    }
+    grads = {}
+    for name, (procs, args) in runs.items():
+        dump = tmp_path / f"{name}.pt"
+        launch(tmp_path / name, shards, *common, *args, "--debug_dump_gradients", str(dump), procs=procs)
+        grads[name] = flat(torch.load(dump))
+    ref = grads["6x1x1"]
+    assert ref.norm() > 0
+    for name in ("3x2x1", "4x1x2"):
+        rel = (grads[name] - ref).norm() / ref.norm()
+        assert rel <= 1e-5, (name, rel.item())
+
+
+def test_resume_mid_run_equals_an_uninterrupted_run(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    args = ["--max_steps", "8", "--save_steps", "4", "--save_total_limit", "3", "--max_batch_size", "2",
+            "--hidden_dropout", "0.1", "--dataloader_num_workers", "2"]
+    full = tmp_path / "full"
+    launch(full, shards, *args)
+    resumed = tmp_path / "resumed"
+    proc = launch(resumed, shards, *args, "--resume_from_checkpoint", str(full / "checkpoints" / "step-4"))
+    assert "resumed from" in proc.stdout
+    a, b = load_file(full / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    worst = max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12)).item() for k in a)
+    assert worst <= 1e-5
+    assert [r["loss"] for r in records(full)][4:] == pytest.approx([r["loss"] for r in records(resumed)], rel=1e-5)
+    # a checkpoint from another configuration is refused before training
+    proc = launch(tmp_path / "other", shards, *args, "--seed", "7", "--resume_from_checkpoint",
+                  str(full / "checkpoints" / "step-4"), check=False)
+    assert proc.returncode == 2 and "another configuration" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def odd_eval_shards(commonvoice, tmp_path_factory):
+    """5 utterances: the longest of the 6 filtered out, so the set does not divide by 2."""
+    src, expected = commonvoice
+    longest = max(d for d, _ in expected.written.values())
+    out = tmp_path_factory.mktemp("odd") / "eval"
+    run_tool("make_shards.py", src, "--out", out, "--max-shard-samples", "2", "--max-duration",
+             str(longest - 0.01), "--no-progress", check=True)
+    return out
+
+
+def test_two_process_evaluation_equals_one_process(cv_shards, odd_eval_shards, tmp_path):
+    shards, _ = cv_shards
+    args = ["--eval_shards", str(odd_eval_shards), "--max_steps", "1", "--learning_rate", "0",
+            "--eval_max_batch_seconds", "4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(one, shards, *args)
+    launch(two, shards, *args, procs=2)
+    ev1 = [r for r in records(one) if "eval_wer" in r][-1]
+    ev2 = [r for r in records(two) if "eval_wer" in r][-1]
+    assert ev1["eval_utterances"] == ev2["eval_utterances"] == 5
+    assert ev1["eval_wer"] == ev2["eval_wer"] and ev1["eval_cer"] == ev2["eval_cer"]
+
+
+def test_nan_loss_on_one_rank_skips_the_update_on_both(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    proc = launch(tmp_path / "nan", shards, "--max_steps", "3", "--debug_inject_nan_update", "1",
+                  "--max_batch_size", "2", procs=2)
+    skipped = [line for line in proc.stdout.splitlines() if "skipped updates" in line]
+    assert len(skipped) == 2 and all("'skipped_nonfinite': 1" in line for line in skipped), proc.stdout
+    last = records(tmp_path / "nan")[-1]
+    assert last["skipped_nonfinite"] == 1 and last["update"] == 3
+    weights = load_file(tmp_path / "nan" / "final" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_attention_mask_rule_follows_the_feature_norm(cv_shards):
+    shards, _ = cv_shards
+    vocab = Vocabulary.build(t for s in read_index(shards)["shards"] for t in s["texts"])
+    for norm, mask_expected in (("group", False), ("layer", True)):
+        cfg = TrainConfig(model_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                        "intermediate_size": 16, "conv_dim": [8] * 7, "feat_extract_norm": norm,
+                                        "do_stable_layer_norm": norm == "layer", "num_conv_pos_embeddings": 8,
+                                        "num_conv_pos_embedding_groups": 2})
+        model = load_model(cfg, vocab)
+        assert wants_attention_mask(model.config) is mask_expected
+        seen = []
+        model.wav2vec2.register_forward_pre_hook(lambda m, a, kw, seen=seen: seen.append(kw.get("attention_mask")),
+                                                 with_kwargs=True)
+        loader = SpeechLoader(shards, LoaderConfig(max_batch_seconds=20, return_attention_mask=mask_expected),
+                              labeler=vocab.encode)
+        accelerator = Accelerator(cpu=True)
+        for batch in loader:
+            train.ctc_loss_sum(CTCModel(model), batch, vocab.pad_id, accelerator, True)
+        assert seen and all((m is not None) is mask_expected for m in seen)
+
+
+def test_memorises_a_few_utterances_and_pipeline_loads_the_result(cv_shards, tmp_path):
+    from transformers import pipeline
+
+    shards, expected = cv_shards
+    out = tmp_path / "mem"
+    launch(out, shards, "--eval_shards", str(shards), "--max_steps", "150", "--eval_steps", "150",
+           "--learning_rate", "3e-3", "--warmup_steps", "15", "--logging_steps", "10")
+    recs = records(out)
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert losses[-1] < 0.2 * losses[0]
+    final_eval = [r for r in recs if "eval_wer" in r][-1]
+    assert final_eval["eval_cer"] < 0.1, final_eval
+    # the saved folder is a plain Hugging Face model: pipeline() transcribes a file with it
+    with tarfile.open(sorted(shards.glob("*.tar"))[0]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".flac"))
+        audio, sr = sf.read(io.BytesIO(tar.extractfile(member).read()), dtype="float32")
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, audio, sr)
+    asr = pipeline("automatic-speech-recognition", model=str(out / "final"), device=-1)
+    text = asr(str(wav))["text"]
+    reference = TextNormalizer()(expected.written[member.name.split(".")[0]][1])
+    assert ErrorCounts.of([reference], [text]).cer < 0.2, (reference, text)
