@@ -196,9 +196,9 @@ def main(cfg: TrainConfig) -> None:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")
-        if counters["skipped_nonfinite"] or counters["skipped_overflow"]:
-            say(f"skipped updates: {counters}")
         metrics_file.close()
+    if counters["skipped_nonfinite"] or counters["skipped_overflow"]:  # every rank: they must agree
+        print(f"rank {accelerator.process_index}: skipped updates: {counters}", flush=True)
     accelerator.end_training()
 
 
