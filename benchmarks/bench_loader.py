@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Shards → ready training batches, audio-seconds per second on one core, four paths on the same shards.
+
+    python benchmarks/bench_loader.py [--codec flac|wav] [--minutes 20] [--json OUT]
+
+- `ours`: w2v.data.SpeechLoader (plan from the index, soundfile decode from bytes, numba
+  normalise+pad into one buffer, bucketed batches), num_workers=0 so it is one core.
+- `stock`: WebDataset's own `torch_audio` decoder (temporary file + torchaudio.load, which goes
+  through torchcodec + FFmpeg since torchaudio 2.9) + the HF feature extractor per utterance +
+  `DataCollatorCTCWithPadding` (the HF example's), batches of 8.
+- `soundfile_hf`: WebDataset reading, soundfile decoding from bytes, then the same HF extractor and
+  collator.
+- `decode_only`: reading the tar and soundfile-decoding every utterance, nothing else: the floor.
+
+Then the normalise+pad kernel alone against the HF feature extractor and a numpy loop
+(benchmarks/bench_padding.py). Speech of 6–10 s per utterance (espeak-ng), cached in --work.
+"""
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import soundfile as sf
+import torch
+import webdataset as wds
+from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from w2v.corpus import open_corpus  # noqa: E402
+from w2v.data import LoaderConfig, SpeechLoader  # noqa: E402
+from w2v.sharding import ShardOptions, make_shards  # noqa: E402
+from w2v.synth import speak  # noqa: E402
+from w2v.text import Vocabulary  # noqa: E402
+
+SENTENCES = [
+    "The committee will meet again on Thursday to discuss the budget for the coming year and the new library.",
+    "Most of the old houses along the river were built long before the railway arrived in the valley.",
+    "She asked whether the results could be repeated with a larger group of volunteers next spring.",
+    "A light rain fell all afternoon, and by six o'clock the streets of the town were nearly empty.",
+    "He wrote down every number twice, just to be sure that nothing important had been missed.",
+    "The library keeps its oldest maps in a cool dark room beneath the main reading hall.",
+]
+VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb+m3"]
+
+
+class Collator:
+    """`DataCollatorCTCWithPadding` from transformers' run_speech_recognition_ctc.py."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, features):
+        batch = self.processor.pad([{"input_values": f["input_values"]} for f in features], padding="longest",
+                                   return_tensors="pt")
+        labels = self.processor.pad(labels=[{"input_ids": f["labels"]} for f in features], padding="longest",
+                                    return_tensors="pt")
+        batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
+        return batch
+
+
+def make_data(work: Path, minutes: float, codec: str) -> Path:
+    shards = work / f"shards-{codec}-{minutes:g}"
+    if (shards / "index.json").is_file():
+        return shards
+    corpus = work / "corpus"
+    manifest = corpus / "manifest.jsonl"
+    if not manifest.is_file():
+        shutil.rmtree(corpus, ignore_errors=True)
+        corpus.mkdir(parents=True)
+        distinct = []
+        for i in range(16):
+            wav = speak(SENTENCES[i % len(SENTENCES)], corpus / f"d{i}.wav", VOICES[i % 4], 135 + 8 * (i % 5))
+            distinct.append((wav, sf.info(str(wav)).duration))
+        rows, total, i = [], 0.0, 0
+        while total < minutes * 60:
+            wav, seconds = distinct[i % len(distinct)]
+            os.link(wav, corpus / f"u{i:05d}.wav")
+            rows.append({"audio": f"u{i:05d}.wav", "text": SENTENCES[i % len(SENTENCES)]})
+            total, i = total + seconds, i + 1
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    make_shards(open_corpus(manifest), shards, ShardOptions(codec=codec, workers=os.cpu_count() or 1,
+                                                            max_shard_samples=64), progress=False)
+    return shards
+
+
+def run_ours(shards: Path, vocab: Vocabulary) -> float:
+    loader = SpeechLoader(shards, LoaderConfig(max_batch_seconds=80, num_workers=0, shuffle=True),
+                          labeler=vocab.encode)
+    audio, start = 0.0, time.perf_counter()
+    for batch in loader:
+        audio += batch["audio_seconds"]
+    return audio / (time.perf_counter() - start)
+
+
+def run_hf(shards: Path, vocab: Vocabulary, processor, stock: bool) -> float:
+    urls = [str(p) for p in sorted(shards.glob("*.tar"))]
+    ext = "flac" if any(shards.glob("*.tar")) and _codec(shards) == "flac" else "wav"
+    dataset = wds.WebDataset(urls, shardshuffle=False)
+    dataset = dataset.decode(wds.torch_audio) if stock else dataset
+    extractor, collate = processor.feature_extractor, Collator(processor)
+    audio, pending, start = 0.0, [], time.perf_counter()
+    for sample in dataset:
+        if stock:
+            wave, sr = sample[ext]
+            wave = wave[0].numpy()
+        else:
+            wave, sr = sf.read(io.BytesIO(sample[ext]), dtype="float32")
+        meta = sample["json"]
+        text = (meta if isinstance(meta, dict) else json.loads(meta))["text"]
+        pending.append({"input_values": extractor(wave, sampling_rate=sr)["input_values"][0],
+                        "labels": processor.tokenizer(vocab.normalizer(text))["input_ids"]})
+        audio += len(wave) / sr
+        if len(pending) == 8:
+            collate(pending)
+            pending = []
+    if pending:
+        collate(pending)
+    return audio / (time.perf_counter() - start)
+
+
+def run_decode_only(shards: Path) -> float:
+    urls = [str(p) for p in sorted(shards.glob("*.tar"))]
+    ext = _codec(shards)
+    audio, start = 0.0, time.perf_counter()
+    for sample in wds.WebDataset(urls, shardshuffle=False):
+        wave, sr = sf.read(io.BytesIO(sample[ext]), dtype="int16")
+        audio += len(wave) / sr
+    return audio / (time.perf_counter() - start)
+
+
+def _codec(shards: Path) -> str:
+    return json.loads((shards / "index.json").read_text())["codec"]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--codec", default="flac", choices=["flac", "wav"])
+    p.add_argument("--minutes", type=float, default=12, help="minutes of audio in the shards")
+    p.add_argument("--repeats", type=int, default=2, help="best of N runs per path")
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "w2v-bench-loader"))
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    shards = make_data(Path(args.work), args.minutes, args.codec)
+    index = json.loads((shards / "index.json").read_text())
+    vocab = Vocabulary.build(t for s in index["shards"] for t in s["texts"])
+    vocab_file = Path(args.work) / "vocab.json"
+    vocab.save(vocab_file)
+    processor = Wav2Vec2Processor(
+        feature_extractor=Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                                   do_normalize=True, return_attention_mask=True),
+        tokenizer=Wav2Vec2CTCTokenizer(str(vocab_file), unk_token="[UNK]", pad_token="[PAD]",
+                                       word_delimiter_token="|"))
+    run_ours(shards, vocab)  # warm-up: numba compile, page cache
+    paths = {
+        "ours": lambda: run_ours(shards, vocab),
+        "stock": lambda: run_hf(shards, vocab, processor, stock=True),
+        "soundfile_hf": lambda: run_hf(shards, vocab, processor, stock=False),
+        "decode_only": lambda: run_decode_only(shards),
+    }
+    results = {name: {"audio_seconds_per_second": max(fn() for _ in range(args.repeats))}
+               for name, fn in paths.items()}
+    floor = results["decode_only"]["audio_seconds_per_second"]
+    print(f"\nshards → batches, one core, {args.codec.upper()} shards, {index['total_seconds'] / 60:.1f} min of "
+          f"audio, {index['num_samples']} utterances of {index['total_seconds'] / index['num_samples']:.1f} s:")
+    print(f"{'path':14} {'audio-s/s':>10} {'ours ×':>8} {'% of decode_only':>17}")
+    ours = results["ours"]["audio_seconds_per_second"]
+    for name, r in results.items():
+        rate = r["audio_seconds_per_second"]
+        print(f"{name:14} {rate:10.0f} {ours / rate:8.2f} {100 * rate / floor:16.0f}%")
+    out = {**results, "codec": args.codec, "audio_seconds": index["total_seconds"]}
+    # the normalise+pad kernel alone vs the HF feature extractor and a numpy loop
+    kernel_json = Path(args.work) / "padding.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_padding.py"), "--json", str(kernel_json)],
+                   check=True)
+    out["normalize_pad"] = json.loads(kernel_json.read_text())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
