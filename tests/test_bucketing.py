@@ -119,8 +119,18 @@ def test_lookahead_one_is_the_plain_rule():
             expected.append(sorted(q))
             q.clear()
         q.append(p)
-    expected += [sorted(q) for _, q in sorted(queues.items()) if q]
-    assert [sorted(b.tolist()) for b in batches(order, offsets)] == expected
+    got = [sorted(b.tolist()) for b in batches(order, offsets)]
+    assert got[: len(expected)] == expected
+    # the end of the stream: every bucket's leftovers pooled and packed from the longest down
+    pool = sorted((p for q in queues.values() for p in q), key=lambda p: (d[p], p))
+    drained = []
+    while pool:
+        n = max(1, int(120.0 // d[pool[-1]]))
+        while n > 1 and n * d[pool[-1]] > 120.0:
+            n -= 1
+        drained.append(sorted(pool[-n:]))
+        del pool[-n:]
+    assert sorted(got[len(expected):]) == sorted(drained)
 
 
 @pytest.mark.parametrize("buffer_size", [7, 40, 500])

@@ -236,11 +236,27 @@ def _emit_one(b, head, tail, nxt, count, qmax, durations, cap, max_count, tmp_po
 
 
 @numba.njit(cache=True)
-def _drain(b, head, nxt, durations, cap, max_count, tmp_pos, tmp_dur, order, offsets, n_out,
-           n_batches):
-    """End of stream: pack bucket ``b`` greedily from its longest sample down (fewest batches)."""
-    q = _collect(b, head, nxt, durations, tmp_pos, tmp_dur)
+def _drain_all(head, nxt, num_buckets, durations, cap, max_count, tmp_pos, tmp_dur, order, offsets, n_out,
+               n_batches, seed):
+    """End of stream: pool what every bucket still holds, pack it from the longest sample down.
+
+    Pooling (rather than draining each bucket alone) matters for the last batches of an epoch and
+    for small data sets: leftovers of neighbouring buckets share batches instead of each bucket
+    emitting its own part-empty one. The drained batches are emitted in a random order (from
+    ``seed``), so epochs do not all end with the same length-sorted run of batches.
+    """
+    q = 0
+    for b in range(num_buckets):
+        p = head[b]
+        while p >= 0:
+            tmp_pos[q] = p
+            tmp_dur[q] = durations[p]
+            q += 1
+            p = nxt[p]
+        head[b] = -1
     srt = np.argsort(tmp_dur[:q], kind="mergesort")
+    first_batch = n_batches
+    start_out = n_out
     j = q - 1
     while j >= 0:
         n_fit = _fit_count(tmp_dur[srt[j]], cap, max_count)
@@ -251,12 +267,27 @@ def _drain(b, head, nxt, durations, cap, max_count, tmp_pos, tmp_dur, order, off
         n_batches += 1
         offsets[n_batches] = n_out
         j = i - 1
-    head[b] = -1
+    # shuffle the drained batches (Fisher-Yates over batch indices), then rewrite them in that order
+    m = n_batches - first_batch
+    perm = np.arange(m)
+    state = _splitmix64(seed)
+    for k in range(m - 1, 0, -1):
+        state, r = _randint(state, k + 1)
+        perm[k], perm[r] = perm[r], perm[k]
+    block = order[start_out:n_out].copy()
+    bounds = offsets[first_batch:n_batches + 1].copy() - start_out
+    w = start_out
+    for k in range(m):
+        b = perm[k]
+        for t in range(bounds[b], bounds[b + 1]):
+            order[w] = block[t]
+            w += 1
+        offsets[first_batch + k + 1] = w
     return n_out, n_batches
 
 
 @numba.njit(cache=True)
-def _plan_kernel(durations, bucket, num_buckets, cap, max_count, buffer_size, lookahead):
+def _plan_kernel(durations, bucket, num_buckets, cap, max_count, buffer_size, lookahead, seed):
     n = durations.shape[0]
     order = np.empty(n, dtype=np.int64)
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -314,12 +345,8 @@ def _plan_kernel(durations, bucket, num_buckets, cap, max_count, buffer_size, lo
                 tmp_pos, tmp_dur, tmp_cum, taken, order, offsets, n_out, n_batches,
             )
             total -= n_out - before
-    for b in range(num_buckets):
-        if count[b] > 0:
-            n_out, n_batches = _drain(
-                b, head, nxt, durations, cap, max_count, tmp_pos, tmp_dur, order, offsets, n_out, n_batches
-            )
-            count[b] = 0
+    n_out, n_batches = _drain_all(head, nxt, num_buckets, durations, cap, max_count, tmp_pos, tmp_dur, order,
+                                  offsets, n_out, n_batches, seed)
     return order, offsets[: n_batches + 1].copy()
 
 
@@ -330,6 +357,7 @@ def plan_batches(
     max_batch_size: int = 0,
     buffer_size: int = 20000,
     lookahead: int = 2,
+    seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plan padded-duration-capped batches over samples arriving in stream order.
 
@@ -342,6 +370,7 @@ def plan_batches(
         lookahead: batches' worth of samples each bucket may queue before emitting (sorting a
             deeper queue lowers padding; memory is about ``len(edges)+1`` x ``lookahead`` x
             ``max_batch_seconds`` seconds of audio). 1 = the plain "emit when full" rule.
+        seed: orders the batches drained at the end of the stream (everything else is seedless).
 
     Returns:
         ``(order, offsets)``: batch ``j`` is ``order[offsets[j]:offsets[j+1]]`` (stream positions),
@@ -358,7 +387,7 @@ def plan_batches(
         raise ValueError("need max_batch_seconds > 0, buffer_size >= 1, lookahead >= 1, max_batch_size >= 0")
     bucket = np.searchsorted(e, d, side="right").astype(np.int64)
     return _plan_kernel(d, bucket, e.size + 1, float(max_batch_seconds), int(max_batch_size),
-                        int(buffer_size), int(lookahead))
+                        int(buffer_size), int(lookahead), np.uint64(seed))
 
 
 # ----------------------------------------------------------------------------------------------

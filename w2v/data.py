@@ -255,7 +255,7 @@ def _batch_stream(table: SampleTable, ids: np.ndarray, cfg: LoaderConfig, seed: 
     drops = Counter(r for r in reasons[~keep])
     positions = positions[keep]
     order, offsets = plan_batches(table.durations[ids[positions]], edges, cfg.max_batch_seconds,
-                                  cfg.max_batch_size, cfg.bucket_buffer)
+                                  cfg.max_batch_size, cfg.bucket_buffer, cfg.lookahead, seed)
     return positions[order], offsets, drops
 
 
@@ -265,6 +265,9 @@ class LoaderConfig:
     max_batch_size: int = 0
     num_buckets: int = 30
     bucket_buffer: int = 20000
+    # Batches' worth of samples a bucket queues before emitting: 2 pads ~2% (1: ~4%, Lhotse's rule).
+    # Memory per worker is about num_buckets × lookahead × max_batch_seconds of audio at most.
+    lookahead: int = 2
     shuffle: bool = True
     shuffle_buffer: int = 1000
     seed: int = 0
@@ -462,7 +465,7 @@ class _Batcher:
         if not waves:  # a stand-in the training loop weights by zero: ranks stay in step
             waves = [np.zeros(SAMPLE_RATE, np.int16)]
             labels = None if labels is None else [np.full(1, -100, np.int64)]
-        values, mask = normalize_and_pad(waves)
+        values, mask = normalize_and_pad(waves, with_mask=self.cfg.return_attention_mask)
         lengths = np.array([len(w) for w in waves], dtype=np.int64)
         batch["input_values"] = torch.from_numpy(values)
         batch["input_lengths"] = torch.from_numpy(lengths)
