@@ -35,6 +35,9 @@ lint: setup
 test: setup lint
 	$(VENV)/bin/pytest -q
 
+demo: setup
+	$(PY) tools/demo.py --out runs/demo
+
 bench: setup
 	$(PY) benchmarks/bench_shard.py --json benchmarks/results/shard.json
 
