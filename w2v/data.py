@@ -228,9 +228,13 @@ def _split(items: np.ndarray, part: int, parts: int, by_shard: bool, shard_of: n
     if parts == 1:
         return items
     if by_shard:
-        shard_rank = {s: i for i, s in enumerate(dict.fromkeys(shard_of[items].tolist()))}
-        mine = np.array([shard_rank[s] % parts == part for s in shard_of[items].tolist()], dtype=bool)
-        return items[mine]
+        # each shard's rank among the shards of `items`, in order of first appearance (vectorised:
+        # this runs for every rank and worker of a cluster, over every sample)
+        shards = shard_of[items]
+        uniq, first = np.unique(shards, return_index=True)
+        rank_of = np.empty(int(uniq.max()) + 1, dtype=np.int64)
+        rank_of[uniq[np.argsort(first)]] = np.arange(len(uniq))
+        return items[rank_of[shards] % parts == part]
     return items[part::parts]
 
 
