@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Benchmark the ARPA </s> fixer against the wav2vec2 notes' loop and cp, plus --check.
+
+    python benchmarks/bench_arpa.py [--size-gb 1] [--json OUT]
+
+Writes a synthetic 5-gram ARPA without </s> into a temporary folder, laid out as lmplz writes one
+(<unk>, <s> first among the 1-grams; Zipfian words; entries sorted by suffix), then times, each
+in its own subprocess: `cp`, `tools/fix_arpa.py IN OUT`, the notes' loop (verbatim, in
+`python -c`), and `tools/fix_arpa.py --check`. Peak RSS comes from GNU time (/usr/bin/time -f %M).
+All reads come from the page cache (the file was just written), and dirty pages are synced before
+each timed run so that one run's writeback does not slow the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIX_TOOL = REPO / "tools" / "fix_arpa.py"
+GNU_TIME = shutil.which("time", path="/usr/bin:/bin")  # GNU time, for each child's own peak RSS
+
+# Section 8 of the notes, verbatim (it reads 5gram.arpa and writes 5gram_correct.arpa in its folder).
+NOTES_LOOP = """\
+with open ("5gram.arpa", "r") as read_file, open ("5gram_correct.arpa", "w") as write_file:
+ has_added_eos = False
+ for line in read_file:
+  if not has_added_eos and "ngram 1=" in line:
+   count = line.strip ().split ("=")[-1]
+   write_file.write (line.replace (f"{count}", f"{int (count) + 1}"))
+  elif not has_added_eos and "<s>" in line:
+   write_file.write (line)
+   write_file.write (line.replace ("<s>", "</s>"))
+   has_added_eos = True
+  else:
+   write_file.write (line)
+"""
+
+ORDER = 5
+SHARES = {2: 0.15, 3: 0.25, 4: 0.30, 5: 0.30}  # of the bytes after the 1-grams, roughly as lmplz's 5-grams
+POOL_LINES = 100_000  # distinct lines generated per order, repeated to reach the size
+
+
+def _words(n: int, rng: random.Random) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words: set[str] = set()
+    while len(words) < n:
+        words.add("".join(rng.choices(letters, k=rng.randint(2, 10))))
+    return sorted(words)
+
+
+def _pool(order: int, vocab: list[str], cum_weights: list[float], rng: random.Random) -> bytes:
+    """POOL_LINES entries of one order, like lmplz's: Zipfian words, sorted by suffix (last word
+    first), a backoff on all but the highest order."""
+    entries = sorted((rng.choices(vocab, cum_weights=cum_weights, k=order) for _ in range(POOL_LINES)),
+                     key=lambda words: words[::-1])
+    lines = []
+    for words in entries:
+        prob = f"-{rng.uniform(0.01, 3):.7f}\t{' '.join(words)}"
+        lines.append(f"{prob}\t-{rng.uniform(0, 1):.7f}\n" if order < ORDER else f"{prob}\n")
+    return "".join(lines).encode()
+
+
+def write_synthetic_arpa(path: Path, size: int, vocab_size: int, seed: int = 0) -> list[int]:
+    """A 5-gram ARPA of about ``size`` bytes without </s>; returns the entry counts per order."""
+    rng = random.Random(seed)
+    vocab = _words(vocab_size, rng)
+    ranks = list(range(1, vocab_size + 1))
+    rng.shuffle(ranks)
+    cum_weights = list(itertools.accumulate(1 / r for r in ranks))  # Zipf: p(word) ~ 1 / rank
+    unigrams = ["-6.0000000\t<unk>\t0\n", "0\t<s>\t-0.3010300\n"]
+    unigrams += [f"-{rng.uniform(2, 7):.7f}\t{w}\t-{rng.uniform(0, 1):.7f}\n" for w in vocab]
+    sections = {1: ("".join(unigrams).encode(), 1, b"")}
+    rest = max(size - len(sections[1][0]), 0)
+    for order, share in SHARES.items():
+        pool = _pool(order, vocab, cum_weights, rng)
+        budget = int(rest * share)
+        reps, tail_len = divmod(budget, len(pool))
+        tail = pool[:pool.rfind(b"\n", 0, tail_len) + 1]
+        sections[order] = (pool, reps, tail)
+    counts = [pool.count(b"\n") * reps + tail.count(b"\n") for pool, reps, tail in sections.values()]
+    with open(path, "wb") as f:
+        f.write(b"\\data\\\n" + b"".join(b"ngram %d=%d\n" % (n + 1, c) for n, c in enumerate(counts)) + b"\n")
+        for order, (pool, reps, tail) in sections.items():
+            f.write(b"\\%d-grams:\n" % order)
+            for _ in range(reps):
+                f.write(pool)
+            f.write(tail + b"\n")
+        f.write(b"\\end\\\n")
+    return counts
+
+
+def run_child(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
+    """Run one command; (wall seconds, peak RSS of that command in MB).
+
+    The RSS comes from GNU time: a child forked from this (big) Python process would count our
+    own memory in its ru_maxrss, since the peak of the address space it starts from survives exec.
+    """
+    os.sync()
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        timed = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd] if GNU_TIME else cmd
+        t0 = time.perf_counter()
+        proc = subprocess.run(timed, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()}")
+        if GNU_TIME:
+            rss_kib = int(rss_file.read().split()[-1])
+        else:  # an upper bound: includes what the child inherited from us
+            rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, rss_kib / 1024
+
+
+def best_of(cmd: list[str], repeat: int, cleanup: Path | None = None, cwd: Path | None = None) -> tuple[float, float]:
+    """Fastest of ``repeat`` runs (the least disturbed by other load) and the largest RSS."""
+    times, rss = [], []
+    for _ in range(repeat):
+        if cleanup is not None:
+            cleanup.unlink(missing_ok=True)
+        t, r = run_child(cmd, cwd)
+        times.append(t)
+        rss.append(r)
+    return min(times), max(rss)
+
+
+def bench(size_gb: float, vocab_size: int | None, repeat: int, tmp_root: str | None) -> dict:
+    size = int(size_gb * 1e9)
+    vocab_size = vocab_size or max(5_000, min(1_000_000, int(200_000 * size_gb)))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_arpa.", dir=tmp_root))
+    try:
+        src = tmp / "5gram.arpa"
+        t0 = time.perf_counter()
+        counts = write_synthetic_arpa(src, size, vocab_size)
+        gen_s = time.perf_counter() - t0
+        nbytes = src.stat().st_size
+        print(f"synthetic 5-gram ARPA: {nbytes / 1e6:.0f} MB, counts {counts}, vocabulary {vocab_size}, "
+              f"written in {gen_s:.1f} s ({tmp})", flush=True)
+        py = sys.executable
+        ours_out, notes_out, cp_out = tmp / "ours.arpa", tmp / "5gram_correct.arpa", tmp / "cp.arpa"
+        rows = {}
+        rows["cp"] = best_of(["cp", str(src), str(cp_out)], repeat, cleanup=cp_out)
+        cp_out.unlink()
+        rows["fix_arpa.py"] = best_of([py, str(FIX_TOOL), str(src), str(ours_out)], repeat, cleanup=ours_out)
+        rows["notes' loop"] = best_of([py, "-c", NOTES_LOOP], 1, cwd=tmp)
+        identical = _same_bytes(ours_out, notes_out)
+        notes_out.unlink()
+        src.unlink()  # --check reads the fixed file (a passing check); keep one big file on disk
+        rows["fix_arpa.py --check"] = best_of([py, str(FIX_TOOL), "--check", str(ours_out)], repeat)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _report(rows, nbytes, counts, vocab_size, identical)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
+
+
+def _report(rows: dict, nbytes: int, counts: list[int], vocab_size: int, identical: bool) -> dict:
+    notes_s, cp_s = rows["notes' loop"][0], rows["cp"][0]
+    results = {}
+    for name, (seconds, rss) in rows.items():
+        results[name] = {
+            "seconds": round(seconds, 3),
+            "mb_per_s": round(nbytes / seconds / 1e6, 1),
+            "peak_rss_mb": round(rss, 1),
+            "x_notes_loop": round(notes_s / seconds, 2),
+            "pct_of_cp": round(100 * cp_s / seconds, 1),
+        }
+    return {
+        "size_bytes": nbytes,
+        "counts": counts,
+        "vocabulary": vocab_size,
+        "output_identical_to_notes_loop": identical,
+        "results": results,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+
+
+def print_table(report: dict) -> None:
+    print(f"\n{report['size_bytes'] / 1e6:.0f} MB 5-gram ARPA; fixer output identical to the notes' loop: "
+          f"{report['output_identical_to_notes_loop']}")
+    head = f"{'name':<22}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'x notes loop':>14}{'% of cp':>9}"
+    print(head)
+    print("-" * len(head))
+    for name, r in report["results"].items():
+        print(f"{name:<22}{r['seconds']:>9.2f}{r['mb_per_s']:>9.0f}{r['peak_rss_mb']:>13.1f}"
+              f"{r['x_notes_loop']:>14.1f}{r['pct_of_cp']:>9.0f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-gb", type=float, default=1.0, help="size of the synthetic ARPA (default 1)")
+    parser.add_argument("--vocab", type=int, default=None, help="1-gram count (default 200k per GB)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of cp, the fixer and --check (best kept)")
+    parser.add_argument("--tmp-dir", default=None, help="where to write the files (default: $TMPDIR)")
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    report = bench(args.size_gb, args.vocab, args.repeat, args.tmp_dir)
+    print_table(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
