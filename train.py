@@ -193,6 +193,7 @@ def main(cfg: TrainConfig) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         accelerator.unwrap_model(ctc_model).model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
+        normalizer.save(tmp)  # tools/evaluate.py normalises references exactly as training did
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")

@@ -35,6 +35,19 @@ class TextNormalizer:
     def __post_init__(self) -> None:
         self._ignore = re.compile("[" + re.escape(self.chars_to_ignore) + "]") if self.chars_to_ignore else None
 
+    SAVE_NAME = "text_normalizer.json"  # saved beside a model so evaluation normalises as training did
+
+    def save(self, folder: str | Path) -> None:
+        settings = {"nfkc": self.nfkc, "lower": self.lower, "chars_to_ignore": self.chars_to_ignore,
+                    "replacements": [list(r) for r in self.replacements]}
+        (Path(folder) / self.SAVE_NAME).write_text(json.dumps(settings, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> TextNormalizer:
+        """The normaliser saved with a model; the defaults when the folder has none."""
+        path = Path(folder) / cls.SAVE_NAME
+        return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else cls()
+
     def __call__(self, text: str) -> str:
         if self.nfkc:
             text = unicodedata.normalize("NFKC", text)
