@@ -1,79 +1,263 @@
-"""CTC decoding: greedy (vectorised) and beam search with a KenLM model through pyctcdecode.
+"""CTC decoding: greedy (vectorised numpy) and beam search with a KenLM n-gram through pyctcdecode.
 
 Public API, used by train.py and tools/evaluate.py (keep these signatures):
 
 - `greedy_decode(logits, inverse_vocab, blank_id, lengths) -> list[str]`
-- `labels_from_vocab(tokens) -> list[str]`: pyctcdecode labels in id order
+- `labels_from_vocab(tokens, size=None) -> list[str]`: pyctcdecode labels in id order
 - `build_lm_decoder(labels, lm_path, unigrams, alpha, beta)`: a pyctcdecode `BeamSearchDecoderCTC`
 - `export_processor_with_lm(model_dir, lm_dir, alpha, beta)`: `Wav2Vec2ProcessorWithLM` into a model
   folder, so `transformers.pipeline("automatic-speech-recognition", model=folder)` decodes with the LM.
+- `BeamDecoder`: one decoder (one KenLM load) for many utterances, batches in a fork pool, and new
+  alpha/beta without reloading the LM (a grid search).
+
+Labels are one per logit column, in id order: the CTC blank `[PAD]` as "", the word delimiter `|` as
+" ", `[UNK]` as "⁇" (pyctcdecode's own unknown symbol: one character, unique). Tokens a tokenizer
+appends after the model's vocabulary (Wav2Vec2CTCTokenizer adds `<s>` and `</s>`; the CTC head has
+no column for them) are cut off with `size`, so the labels match the logits' width.
 """
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from w2v.text import PAD, UNK, WORD_DELIMITER
 
-UNK_LABEL = "⁇"  # pyctcdecode needs a non-empty, unique label for [UNK]
+UNK_LABEL = "⁇"  # pyctcdecode.alphabet.UNK_TOKEN
+LM_SUFFIXES = (".bin", ".binary", ".arpa")  # the model files pyctcdecode's language_model/ accepts
+UNIGRAMS_FILE = "unigrams.txt"  # written beside the LM by tools/build_lm.py
+
+
+# --- greedy ------------------------------------------------------------------------------------
 
 
 def greedy_decode(logits: np.ndarray, inverse_vocab: dict[int, str], blank_id: int,
                   lengths: Sequence[int] | np.ndarray | None = None) -> list[str]:
-    """Best path: argmax per frame, collapse repeats, drop blanks, `|` → space. logits [B, T, V]."""
+    """Best paths of logits [B, T, V] (or one [T, V]) with valid frames per row → texts.
+
+    argmax per frame, repeats collapsed (a blank between two equal ids keeps both), blanks dropped,
+    `|` → space, spaces stripped and collapsed: all but the final join in numpy.
+    """
     logits = np.asarray(logits)
     if logits.ndim == 2:
         logits = logits[None]
-    ids = logits.argmax(-1)  # [B, T]
-    batch, frames = ids.shape
+    if logits.ndim != 3:
+        raise ValueError(f"expected logits [B, T, V] or [T, V], got shape {logits.shape}")
+    batch, frames, width = logits.shape
+    ids = logits.argmax(axis=-1)
     lengths = np.full(batch, frames) if lengths is None else np.asarray(lengths)
-    valid = np.arange(frames)[None, :] < lengths[:, None]
-    changed = np.ones_like(ids, dtype=bool)
-    changed[:, 1:] = ids[:, 1:] != ids[:, :-1]  # first frame of each run
-    keep = valid & changed & (ids != blank_id)
-    table = np.array([inverse_vocab.get(i, "") for i in range(max(inverse_vocab) + 1)], dtype=object)
-    table[[i for i, t in inverse_vocab.items() if t == WORD_DELIMITER]] = " "
-    out = []
-    for row, mask in zip(ids, keep, strict=True):
-        out.append(" ".join("".join(table[row[mask]]).split()))
-    return out
+    keep = np.arange(frames)[None, :] < lengths[:, None]
+    keep[:, 1:] &= ids[:, 1:] != ids[:, :-1]  # the first frame of each run
+    keep &= ids != blank_id
+    table = np.array([inverse_vocab.get(i, "") for i in range(width)], dtype=object)
+    table[table == WORD_DELIMITER] = " "
+    return [" ".join("".join(table[row[mask]]).split()) for row, mask in zip(ids, keep, strict=True)]
 
 
-def labels_from_vocab(tokens: dict[str, int]) -> list[str]:
-    """Labels in id order as pyctcdecode wants them: blank `[PAD]` → "", `|` → " ", `[UNK]` → ⁇."""
-    mapping = {PAD: "", WORD_DELIMITER: " ", UNK: UNK_LABEL}
-    ordered = sorted(tokens.items(), key=lambda kv: kv[1])
-    if [i for _, i in ordered] != list(range(len(ordered))):
-        raise ValueError("vocabulary ids must be 0..V-1")
-    return [mapping.get(t, t) for t, _ in ordered]
+# --- labels ------------------------------------------------------------------------------------
 
 
-def build_lm_decoder(labels: list[str], lm_path: str | None, unigrams: list[str] | None = None,
-                     alpha: float = 0.5, beta: float = 1.0):
-    """A pyctcdecode beam-search decoder; unigrams are passed explicitly (needed for binaries)."""
+def labels_from_vocab(tokens: dict[str, int], size: int | None = None, *, pad: str = PAD, unk: str = UNK,
+                      delimiter: str = WORD_DELIMITER) -> list[str]:
+    """Labels in id order for ids 0..size-1 (size: the logits' width; default: the whole vocabulary)."""
+    by_id = {i: token for token, i in tokens.items()}
+    size = len(by_id) if size is None else size
+    missing = [i for i in range(size) if i not in by_id]
+    if missing:
+        raise ValueError(f"vocabulary ids must run 0..{size - 1}: no token for {missing[:10]}")
+    special = {pad: "", delimiter: " ", unk: UNK_LABEL}
+    labels = [special.get(by_id[i], by_id[i]) for i in range(size)]
+    if "" not in labels:
+        raise ValueError(f"no CTC blank: {pad!r} is not among the first {size} tokens")
+    if len(set(labels)) != len(labels):
+        raise ValueError("two tokens give the same label (a literal space or ⁇ in the vocabulary?)")
+    return labels
+
+
+def tokenizer_labels(tokenizer: Any, size: int | None = None) -> list[str]:
+    """Labels from a Wav2Vec2CTCTokenizer: its vocabulary sorted by id, cut to ``size``."""
+    return labels_from_vocab(tokenizer.get_vocab(), size, pad=tokenizer.pad_token, unk=tokenizer.unk_token,
+                             delimiter=tokenizer.word_delimiter_token)
+
+
+# --- beam search with an n-gram ----------------------------------------------------------------
+
+
+def find_lm_file(lm: str | os.PathLike) -> Path:
+    """The KenLM file to use: ``lm`` itself, or in a folder its binary (loads faster) else its ARPA."""
+    path = Path(lm)
+    if path.is_file():
+        return path
+    for suffix in LM_SUFFIXES:
+        found = sorted(path.glob(f"*{suffix}"))
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"no KenLM model ({', '.join(LM_SUFFIXES)}) in {path}")
+
+
+def load_unigrams(lm_file: str | os.PathLike) -> list[str] | None:
+    """The LM's words from unigrams.txt beside it, or None for an ARPA without one (pyctcdecode reads
+    an ARPA's 1-grams itself). A binary needs them: without, pyctcdecode only warns and decodes worse."""
+    lm_file = Path(lm_file)
+    listed = lm_file.with_name(UNIGRAMS_FILE)
+    if listed.is_file():
+        return listed.read_text(encoding="utf-8").split()
+    if lm_file.suffix == ".arpa":
+        return None
+    raise FileNotFoundError(f"{lm_file} is a binary LM and has no {UNIGRAMS_FILE} beside it: pass its words "
+                            "(tools/build_lm.py writes that file)")
+
+
+def build_lm_decoder(labels: Sequence[str], lm_path: str | os.PathLike | None,
+                     unigrams: Sequence[str] | None = None, alpha: float = 0.5, beta: float = 1.0) -> Any:
+    """A pyctcdecode BeamSearchDecoderCTC. ``lm_path``: a KenLM file, a folder holding one, or None (no LM).
+    Unigrams default to unigrams.txt beside the model; an ARPA without one is read by pyctcdecode."""
     from pyctcdecode import build_ctcdecoder
 
-    return build_ctcdecoder(labels, kenlm_model_path=lm_path, unigrams=unigrams, alpha=alpha, beta=beta)
+    if lm_path is None:
+        return build_ctcdecoder(list(labels))
+    lm_file = find_lm_file(lm_path)
+    if unigrams is None:
+        unigrams = load_unigrams(lm_file)
+    # Floats: pyctcdecode's reset_params (used by BeamDecoder.set_weights) rejects ints.
+    return build_ctcdecoder(list(labels), str(lm_file), unigrams=unigrams, alpha=float(alpha), beta=float(beta))
 
 
-def export_processor_with_lm(model_dir: str | Path, lm_dir: str | Path, alpha: float = 0.5,
-                             beta: float = 1.0) -> Path:
-    """Save `Wav2Vec2ProcessorWithLM` into `model_dir` (`language_model/`: attrs.json, unigrams.txt, model)."""
-    from transformers import Wav2Vec2Processor, Wav2Vec2ProcessorWithLM
+class BeamDecoder:
+    """Beam search over many utterances with one decoder: one KenLM load, batches in a fork pool.
 
-    model_dir, lm_dir = Path(model_dir), Path(lm_dir)
-    processor = Wav2Vec2Processor.from_pretrained(model_dir)
-    files = sorted(lm_dir.glob("*.bin")) or sorted(lm_dir.glob("*.arpa"))
-    if not files:
-        raise FileNotFoundError(f"{lm_dir}: no .bin or .arpa language model")
-    unigram_file = lm_dir / "unigrams.txt"
-    unigrams = unigram_file.read_text(encoding="utf-8").split() if unigram_file.is_file() else None
-    vocab = processor.tokenizer.get_vocab()
-    decoder = build_lm_decoder(labels_from_vocab(vocab), str(files[0]), unigrams, alpha, beta)
-    with_lm = Wav2Vec2ProcessorWithLM(feature_extractor=processor.feature_extractor,
-                                      tokenizer=processor.tokenizer, decoder=decoder)
-    with_lm.save_pretrained(model_dir)
+        with BeamDecoder(labels, "runs/lm", alpha=0.5, beta=1.0, processes=4) as decoder:
+            texts = decoder.decode_batch(log_probs)          # a list of [T_i, V], or [B, T, V] + lengths
+            decoder.set_weights(0.8, 2.0)                    # next grid point, same LM
+    """
+
+    def __init__(self, labels: Sequence[str], lm: str | os.PathLike | None = None,
+                 unigrams: Sequence[str] | None = None, alpha: float = 0.5, beta: float = 1.0,
+                 beam_width: int = 100, processes: int = 1):
+        self.labels = list(labels)
+        self.decoder = build_lm_decoder(self.labels, lm, unigrams, alpha, beta)
+        self.beam_width = beam_width
+        self.processes = processes
+        self._pool: Any = None
+
+    def set_weights(self, alpha: float, beta: float) -> None:
+        """New LM weight and word bonus. The pool restarts: its children hold the weights they forked with."""
+        self.decoder.reset_params(alpha=float(alpha), beta=float(beta))
+        self._close_pool()
+
+    def decode(self, logits: np.ndarray) -> str:
+        """One utterance, logits [T, V]: raw or log-probs (pyctcdecode applies a log-softmax)."""
+        return self.decoder.decode(np.asarray(logits, dtype=np.float32), beam_width=self.beam_width)
+
+    def decode_batch(self, logits: np.ndarray | Sequence[np.ndarray],
+                     lengths: Sequence[int] | np.ndarray | None = None) -> list[str]:
+        """A padded [B, T, V] array with valid frames per row, or a list of [T_i, V] arrays."""
+        items = _unpad(logits, lengths)
+        pool = self._get_pool() if self.processes > 1 and len(items) > 1 else None
+        return self.decoder.decode_batch(pool, items, beam_width=self.beam_width)
+
+    def _get_pool(self) -> Any:
+        # A fork pool made after the decoder: pyctcdecode keeps the KenLM model in a class-level dict
+        # that the children inherit; a spawn pool would make pyctcdecode decode in this process.
+        if self._pool is None:
+            self._pool = multiprocessing.get_context("fork").Pool(self.processes)
+        return self._pool
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def close(self) -> None:
+        """Stop the pool and drop the LM from pyctcdecode's class-level container."""
+        self._close_pool()
+        self.decoder.cleanup()
+
+    def __enter__(self) -> BeamDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unpad(logits: np.ndarray | Sequence[np.ndarray], lengths: Sequence[int] | np.ndarray | None) -> list[np.ndarray]:
+    if isinstance(logits, np.ndarray) and logits.ndim == 3:
+        lengths = [logits.shape[1]] * len(logits) if lengths is None else lengths
+        return [np.ascontiguousarray(row[:n], dtype=np.float32) for row, n in zip(logits, lengths, strict=True)]
+    if lengths is not None:
+        raise ValueError("lengths go with a padded [B, T, V] array, not with a list of utterances")
+    return [np.asarray(x, dtype=np.float32) for x in logits]
+
+
+# --- export for transformers.pipeline ----------------------------------------------------------
+
+
+def export_processor_with_lm(model_dir: str | os.PathLike, lm_dir: str | os.PathLike, alpha: float = 0.5,
+                             beta: float = 1.0, unigrams: Sequence[str] | None = None) -> Path:
+    """Save Wav2Vec2ProcessorWithLM into ``model_dir`` (a saved Wav2Vec2ForCTC with its processor).
+
+    ``lm_dir``: a tools/build_lm.py folder (its binary is preferred) or a KenLM file. Afterwards the
+    folder holds alphabet.json and language_model/ with exactly attrs.json, unigrams.txt and one model
+    file (a copy), and rewritten processor files; returns the language_model/ path. Two transformers 5
+    details are handled: the tokenizer is rebuilt without the `<s>`/`</s>` it appends (the processor
+    wants every tokenizer token among the decoder's labels, the decoder one label per logit), and
+    `processor_class` is also written into the feature-extractor part of processor_config.json,
+    which is where pipeline() looks for "WithLM" (else it silently decodes greedily).
+    """
+    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ProcessorWithLM
+
+    model_dir = Path(model_dir)
+    tokenizer = _ctc_tokenizer(model_dir)
+    width = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    decoder = build_lm_decoder(tokenizer_labels(tokenizer, width), lm_dir, unigrams, alpha, beta)
+    extractor = Wav2Vec2FeatureExtractor.from_pretrained(model_dir)
+    processor = Wav2Vec2ProcessorWithLM(feature_extractor=extractor, tokenizer=tokenizer, decoder=decoder)
+    # Saved beside, then moved in, so a failure leaves the folder as it was; pyctcdecode's
+    # save_to_dir also refuses an existing language_model/. The dot keeps it out of pyctcdecode's listing.
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".export-lm-") as tmp:
+        processor.save_pretrained(tmp)
+        _mark_processor_class(Path(tmp) / "processor_config.json", type(processor).__name__)
+        for entry in sorted(os.listdir(tmp)):
+            _replace(Path(tmp) / entry, model_dir / entry)
     return model_dir / "language_model"
+
+
+def _ctc_tokenizer(model_dir: Path) -> Any:
+    """The folder's Wav2Vec2CTCTokenizer from vocab.json, without the <s>/</s> it would append."""
+    from transformers import Wav2Vec2CTCTokenizer
+
+    config_file = model_dir / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    return Wav2Vec2CTCTokenizer(str(model_dir / "vocab.json"), unk_token=config.get("unk_token", UNK),
+                                pad_token=config.get("pad_token", PAD),
+                                word_delimiter_token=config.get("word_delimiter_token", WORD_DELIMITER),
+                                bos_token=None, eos_token=None)
+
+
+def _mark_processor_class(path: Path, name: str) -> None:
+    config = json.loads(path.read_text())
+    config["processor_class"] = name
+    if isinstance(config.get("feature_extractor"), dict):
+        config["feature_extractor"]["processor_class"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Move ``src`` onto ``dst``; a folder in the way is renamed aside first, then deleted."""
+    if dst.is_dir() and not dst.is_symlink():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old)
+    else:
+        os.replace(src, dst)
