@@ -81,7 +81,7 @@ def test_resume_mid_run_equals_an_uninterrupted_run(cv_shards, tmp_path):
     # a checkpoint from another configuration is refused before training
     proc = launch(tmp_path / "other", shards, *args, "--seed", "7", "--resume_from_checkpoint",
                   str(full / "checkpoints" / "step-4"), check=False)
-    assert proc.returncode == 2 and "another configuration" in proc.stderr
+    assert proc.returncode != 0 and "another configuration" in proc.stderr  # train.py exits 2; accelerate 1
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +124,11 @@ def test_attention_mask_rule_follows_the_feature_norm(cv_shards):
     shards, _ = cv_shards
     vocab = Vocabulary.build(t for s in read_index(shards)["shards"] for t in s["texts"])
     for norm, mask_expected in (("group", False), ("layer", True)):
-        cfg = TrainConfig(model_config={"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                        "intermediate_size": 16, "conv_dim": [8] * 7, "feat_extract_norm": norm,
-                                        "do_stable_layer_norm": norm == "layer", "num_conv_pos_embeddings": 8,
-                                        "num_conv_pos_embedding_groups": 2})
+        cfg = TrainConfig()
+        cfg.model_config = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                            "intermediate_size": 16, "conv_dim": [8] * 7, "feat_extract_norm": norm,
+                            "do_stable_layer_norm": norm == "layer", "num_conv_pos_embeddings": 8,
+                            "num_conv_pos_embedding_groups": 2}
         model = load_model(cfg, vocab)
         assert wants_attention_mask(model.config) is mask_expected
         seen = []
@@ -146,11 +147,11 @@ def test_memorises_a_few_utterances_and_pipeline_loads_the_result(cv_shards, tmp
 
     shards, expected = cv_shards
     out = tmp_path / "mem"
-    launch(out, shards, "--eval_shards", str(shards), "--max_steps", "150", "--eval_steps", "150",
-           "--learning_rate", "3e-3", "--warmup_steps", "15", "--logging_steps", "10")
+    launch(out, shards, "--eval_shards", str(shards), "--max_steps", "250", "--eval_steps", "250",
+           "--warmup_steps", "15", "--logging_steps", "10", "--max_batch_seconds", "30")
     recs = records(out)
     losses = [r["loss"] for r in recs if "loss" in r]
-    assert losses[-1] < 0.2 * losses[0]
+    assert losses[-1] < 0.05 * losses[0]
     final_eval = [r for r in recs if "eval_wer" in r][-1]
     assert final_eval["eval_cer"] < 0.1, final_eval
     # the saved folder is a plain Hugging Face model: pipeline() transcribes a file with it

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import _path  # noqa: F401
 
+from w2v.decode import export_processor_with_lm
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -100,6 +102,12 @@ def main(argv=None) -> int:
              "--alpha", str(tuned["alpha"]), "--beta", str(tuned["beta"]), "--json", str(out / "eval_test.json"),
              "--errors", str(out / "test_errors.jsonl")])
     stage("test", evaluate_test)
+
+    def export() -> None:  # pipeline("automatic-speech-recognition", model=final) now decodes with the LM
+        tuned = json.loads((out / "eval_dev.json").read_text())["lm"]
+        folder = export_processor_with_lm(final, lm, tuned["alpha"], tuned["beta"])
+        print(f"exported the LM and its tuned weights into {folder}")
+    stage("export", export)
     report = write_report(out, stage.minutes)
     print(report)
     return 0

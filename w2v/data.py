@@ -570,7 +570,10 @@ class SpeechLoader:
         loader = torch.utils.data.DataLoader(
             _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
             persistent_workers=False, prefetch_factor=4 if self.cfg.num_workers else None,
-            multiprocessing_context="fork" if self.cfg.num_workers else None)
+            multiprocessing_context="fork" if self.cfg.num_workers else None,
+            # its own generator: creating the iterator must not draw from the global torch RNG, or
+            # a resumed run (new iterator mid-epoch) would see other dropout masks than an uninterrupted one
+            generator=torch.Generator().manual_seed(self.cfg.seed))
         held: dict[tuple[int, int], dict] = {}
         source = iter(loader)
         for index, worker in expected:
