@@ -101,40 +101,43 @@ def write_synthetic_arpa(path: Path, size: int, vocab_size: int, seed: int = 0) 
     return counts
 
 
-def run_child(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
-    """Run one command; (wall seconds, peak RSS of that command in MB).
+def run_child(cmd: list[str], cwd: Path | None = None) -> dict:
+    """Run one command: wall seconds, CPU seconds (user + system) and peak RSS in MB of that command.
 
-    The RSS comes from GNU time: a child forked from this (big) Python process would count our
+    GNU time measures the child itself: one forked from this (big) Python process would count our
     own memory in its ru_maxrss, since the peak of the address space it starts from survives exec.
+    CPU seconds do not grow when other processes share the cores; wall seconds do.
     """
     os.sync()
-    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
-        timed = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *cmd] if GNU_TIME else cmd
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as usage:
+        timed = [GNU_TIME, "-f", "%U %S %M", "-o", usage.name, *cmd] if GNU_TIME else cmd
         t0 = time.perf_counter()
         proc = subprocess.run(timed, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"{cmd} exited {proc.returncode}: {proc.stderr.decode()}")
         if GNU_TIME:
-            rss_kib = int(rss_file.read().split()[-1])
-        else:  # an upper bound: includes what the child inherited from us
-            rss_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, rss_kib / 1024
+            user, system, rss_kib = usage.read().split()[-3:]
+            cpu, rss = float(user) + float(system), int(rss_kib) / 1024
+        else:  # upper bounds: these include what the child inherited from us and earlier children
+            own = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu, rss = own.ru_utime + own.ru_stime, own.ru_maxrss / 1024
+    return {"seconds": seconds, "cpu_seconds": cpu, "rss_mb": rss}
 
 
-def best_of(cmd: list[str], repeat: int, cleanup: Path | None = None, cwd: Path | None = None) -> tuple[float, float]:
-    """Fastest of ``repeat`` runs (the least disturbed by other load) and the largest RSS."""
-    times, rss = [], []
+def best_of(cmd: list[str], repeat: int, cleanup: Path | None = None, cwd: Path | None = None) -> dict:
+    """The fastest of ``repeat`` runs (the least disturbed by other load), with the largest RSS seen."""
+    runs = []
     for _ in range(repeat):
         if cleanup is not None:
             cleanup.unlink(missing_ok=True)
-        t, r = run_child(cmd, cwd)
-        times.append(t)
-        rss.append(r)
-    return min(times), max(rss)
+        runs.append(run_child(cmd, cwd))
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "rss_mb": max(r["rss_mb"] for r in runs)}
 
 
 def bench(size_gb: float, vocab_size: int | None, repeat: int, tmp_root: str | None) -> dict:
+    load_before = os.getloadavg()[0]
     size = int(size_gb * 1e9)
     vocab_size = vocab_size or max(5_000, min(1_000_000, int(200_000 * size_gb)))
     tmp = Path(tempfile.mkdtemp(prefix="bench_arpa.", dir=tmp_root))
@@ -159,23 +162,24 @@ def bench(size_gb: float, vocab_size: int | None, repeat: int, tmp_root: str | N
         rows["fix_arpa.py --check"] = best_of([py, str(FIX_TOOL), "--check", str(ours_out)], repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _report(rows, nbytes, counts, vocab_size, identical)
+    return _report(rows, nbytes, counts, vocab_size, identical, [load_before, os.getloadavg()[0]])
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
 
 
-def _report(rows: dict, nbytes: int, counts: list[int], vocab_size: int, identical: bool) -> dict:
-    notes_s, cp_s = rows["notes' loop"][0], rows["cp"][0]
+def _report(rows: dict, nbytes: int, counts: list[int], vocab_size: int, identical: bool, load: list) -> dict:
+    notes_s, cp_s = rows["notes' loop"]["seconds"], rows["cp"]["seconds"]
     results = {}
-    for name, (seconds, rss) in rows.items():
+    for name, run in rows.items():
         results[name] = {
-            "seconds": round(seconds, 3),
-            "mb_per_s": round(nbytes / seconds / 1e6, 1),
-            "peak_rss_mb": round(rss, 1),
-            "x_notes_loop": round(notes_s / seconds, 2),
-            "pct_of_cp": round(100 * cp_s / seconds, 1),
+            "seconds": round(run["seconds"], 3),
+            "cpu_seconds": round(run["cpu_seconds"], 3),
+            "mb_per_s": round(nbytes / run["seconds"] / 1e6, 1),
+            "peak_rss_mb": round(run["rss_mb"], 1),
+            "x_notes_loop": round(notes_s / run["seconds"], 2),
+            "pct_of_cp": round(100 * cp_s / run["seconds"], 1),
         }
     return {
         "size_bytes": nbytes,
@@ -183,18 +187,22 @@ def _report(rows: dict, nbytes: int, counts: list[int], vocab_size: int, identic
         "vocabulary": vocab_size,
         "output_identical_to_notes_loop": identical,
         "results": results,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "load_average_before_after": load, "python": platform.python_version(),
+                    "platform": platform.platform()},
     }
 
 
 def print_table(report: dict) -> None:
-    print(f"\n{report['size_bytes'] / 1e6:.0f} MB 5-gram ARPA; fixer output identical to the notes' loop: "
-          f"{report['output_identical_to_notes_loop']}")
-    head = f"{'name':<22}{'seconds':>9}{'MB/s':>9}{'peak RSS MB':>13}{'x notes loop':>14}{'% of cp':>9}"
+    load = report["machine"]["load_average_before_after"]
+    print(f"\n{report['size_bytes'] / 1e6:.0f} MB 5-gram ARPA, {report['vocabulary']} words; fixer output identical "
+          f"to the notes' loop: {report['output_identical_to_notes_loop']}; load average {load[0]:.1f} -> "
+          f"{load[1]:.1f} on {report['machine']['cpus']} CPUs")
+    head = (f"{'name':<22}{'seconds':>9}{'CPU s':>8}{'MB/s':>8}{'peak RSS MB':>13}{'x notes loop':>14}"
+            f"{'% of cp':>9}")
     print(head)
     print("-" * len(head))
     for name, r in report["results"].items():
-        print(f"{name:<22}{r['seconds']:>9.2f}{r['mb_per_s']:>9.0f}{r['peak_rss_mb']:>13.1f}"
+        print(f"{name:<22}{r['seconds']:>9.2f}{r['cpu_seconds']:>8.2f}{r['mb_per_s']:>8.0f}{r['peak_rss_mb']:>13.1f}"
               f"{r['x_notes_loop']:>14.1f}{r['pct_of_cp']:>9.0f}")
 
 

@@ -226,8 +226,10 @@ def test_jit_and_python_paths_agree(one_line_arpa, lmplz, tmp_path):
                (slow.counts, slow.has_bos, slow.has_eos, slow.bos_bigrams)
 
 
-def test_jit_and_python_agree_on_mutated_files(lmplz, tmp_path):
-    """Random byte edits: the compiled scanner must never accept a line the Python check rejects."""
+def test_jit_and_python_agree_on_mutated_files(lmplz, tmp_path, monkeypatch):
+    """Random byte edits: the compiled scanner, in one thread or three, must never accept a line the
+    Python check rejects, nor count differently."""
+    monkeypatch.setattr(arpa, "_PARALLEL_MIN", 64)  # split even these small buffers between threads
     rng = random.Random(0)
     words = ["the", "cat", "sat", "on", "mat", "dog", "b-c", "x1"]
     corpus = "".join(" ".join(rng.choices(words, k=rng.randint(2, 7))) + "\n" for _ in range(100))
@@ -245,12 +247,14 @@ def test_jit_and_python_agree_on_mutated_files(lmplz, tmp_path):
             else:
                 data.insert(pos, byte)
         mutated.write_bytes(bytes(data))
-        assert _outcome(mutated, jit=None) == _outcome(mutated, jit=False), bytes(data)
+        expected = _outcome(mutated, jit=False)
+        assert _outcome(mutated, jit=None, threads=1) == expected, bytes(data)
+        assert _outcome(mutated, jit=None, threads=3) == expected, bytes(data)
 
 
-def _outcome(path: Path, jit: bool | None) -> tuple:
+def _outcome(path: Path, jit: bool | None, threads: int | None = None) -> tuple:
     try:
-        report = arpa.check_arpa(path, jit=jit)
+        report = arpa.check_arpa(path, jit=jit, threads=threads)
     except arpa.ArpaError as e:
         return ("error", e.line_no, e.message)
     return ("ok", report.counts, report.has_bos, report.has_eos, report.bos_bigrams)

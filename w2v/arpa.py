@@ -20,9 +20,14 @@ in one streaming pass: entry counts per section, TAB-separated fields, log probs
 on the highest order, every word of a higher-order entry present as a 1-gram, ``\\end\\``.
 
 The check's inner loop is compiled with numba (a project dependency, imported only by the check)
-because per-line Python tops out near 50 MB/s; a pure-Python path gives the same answers and
-produces every error message. Words are compared by 64-bit FNV-1a hashes in the compiled path,
-so a missing 1-gram whose hash collides with a present one (odds ~ vocabulary / 2**64) would pass.
+because per-line Python tops out near 50 MB/s; it runs in threads (it releases the GIL) above the
+1-grams. The compiled loop only accepts lines it can prove fine and stops at anything else, so a
+pure-Python path decides about those lines and words every error message; it also runs the whole
+check without numba (``jit=False``). Words are compared by 64-bit FNV-1a hashes in the compiled
+path, so a missing 1-gram whose hash collides with a present one (odds ~ vocabulary / 2**64) would pass.
+
+API: ``fix_arpa(src, dst) -> FixResult``, ``check_arpa(path, jit=None, threads=None) -> CheckReport``,
+``ArpaError(line_no, message)``; ``tools/fix_arpa.py`` is the command line.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ EOS = b"</s>"
 _UNK_WORDS = (b"<unk>", b"<UNK>")  # KenLM accepts these in n-grams even when no 1-gram lists them
 _CHUNK = 8 << 20  # read size of the check; also the longest line we accept
 _FIX_CHUNK = 1 << 20  # read size of the fixer, which reads only the header and the 1-grams
-_SPOOL_IN_MEMORY = 32 << 20  # header + 1-grams kept in memory up to this size, then on disk
+_SPOOL_IN_MEMORY = 8 << 20  # the fixer keeps the header + 1-grams in memory up to this size, then on disk
 _KENLM_BINARY_MAGIC = b"mmap lm "
 _COUNT_LINE = re.compile(rb"ngram ([0-9]+)=([0-9]+)[ \t]*\n?")
 
@@ -321,7 +326,7 @@ def _entry_problem(line: bytes, order: int, highest: bool, contains: _Contains |
         return f"log probability {_show(fields[0])} is not a number"
     if prob > 0:
         return f"positive log probability {fields[0].decode(errors='replace')} (log10 probs must be <= 0)"
-    words = [w for w in fields[1].split(b" ") if w]
+    words = _words(fields[1])
     if len(words) != order:
         return f"expected {order} word(s) in a {order}-gram entry, got {len(words)}: {_show(fields[1])}"
     if len(fields) == 3:
@@ -335,6 +340,11 @@ def _entry_problem(line: bytes, order: int, highest: bool, contains: _Contains |
             if w not in _UNK_WORDS and not contains(w):
                 return f"word {_show(w)} is not among the 1-grams (KenLM needs every word as a 1-gram)"
     return None
+
+
+def _words(field: bytes) -> list[bytes]:
+    """The words of an entry as KenLM reads them: runs of bytes between spaces (or carriage returns)."""
+    return [w for w in field.replace(b"\r", b" ").split(b" ") if w]
 
 
 def _check_lines(block: bytes, first_line_no: int, order: int, highest: bool,
@@ -651,6 +661,7 @@ _FNV_OFFSET = 14695981039346656037 - (1 << 64)
 _FNV_PRIME = 1099511628211
 # Return codes of _scan_kernel.
 _DONE, _SECTION_END, _SUSPECT, _TABLE_FULL = 0, 1, 2, 3
+_PARALLEL_MIN = 1 << 20  # buffers smaller than this are scanned in one thread
 
 
 def _fnv(word: bytes) -> int:
@@ -814,6 +825,17 @@ class _PyVocab:
         self.words.add(word)
 
 
+def _zeros(size: int):
+    """A zeroed int64 array on huge pages where the kernel allows: np.empty + fill gets numpy's
+    madvise(MADV_HUGEPAGE), np.zeros (calloc) does not, and random lookups in a table of many MB
+    otherwise miss the TLB on most words."""
+    import numpy as np
+
+    table = np.empty(size, dtype=np.int64)
+    table.fill(0)
+    return table
+
+
 class _HashVocab:
     """The 1-gram words as 64-bit FNV-1a hashes in an open-addressing table (compiled path)."""
 
@@ -823,7 +845,7 @@ class _HashVocab:
         size = 1024
         while size < 4 * expected + 16:
             size *= 2
-        self.table = np.zeros(size, dtype=np.int64)
+        self.table = _zeros(size)
         self.state = np.zeros(3, dtype=np.int64)  # <s> first, </s> first, filled slots (see _scan_kernel)
 
     def _slot(self, h: int) -> int:
@@ -846,10 +868,9 @@ class _HashVocab:
             self.state[2] += 1
 
     def grow(self) -> None:
-        import numpy as np
 
         old = self.table[self.table != 0]
-        self.table = np.zeros(2 * self.table.size, dtype=np.int64)
+        self.table = _zeros(2 * self.table.size)
         for h in old.tolist():
             self.table[self._slot(h)] = h
 
@@ -862,19 +883,30 @@ class _SectionStats:
 
 
 class _Scanner:
-    """Scans the entries of one section, compiled when possible, else line by line in Python."""
+    """Scans the entries of one section: compiled when possible (in threads above the 1-grams, whose
+    scan fills the vocabulary table), else line by line in Python."""
 
-    def __init__(self, unigrams: int, max_order: int, jit: bool | None):
+    def __init__(self, unigrams: int, max_order: int, jit: bool | None, threads: int):
         kernel = _load_kernel() if jit is not False else None
         if jit and kernel is None:
             raise RuntimeError("check_arpa(jit=True) needs numba")
         self.kernel = kernel
         self.vocab = _HashVocab(unigrams) if kernel else _PyVocab(unigrams)
+        self.pool = None
         if kernel is not None:
             import numpy as np
 
             self.targets = np.array([_fnv(BOS), _fnv(EOS)], dtype=np.int64)
-            self.seen = np.zeros(max_order, dtype=np.int64)  # hashes known to be in the table (0: none)
+            # Per thread: the kernel's state (first-word counts) and its memo of hashes found in the table.
+            self.parts = [(np.zeros(3, dtype=np.int64), np.zeros(max_order, dtype=np.int64)) for _ in range(threads)]
+            if threads > 1:  # the kernel releases the GIL: threads scan slices of the buffer in parallel
+                from concurrent.futures import ThreadPoolExecutor
+
+                self.pool = ThreadPoolExecutor(threads)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
     def section(self, rd: _Reader, order: int, highest: bool, wanted: int) -> _SectionStats:
         stats = _SectionStats()
@@ -895,11 +927,48 @@ class _Scanner:
         import numpy as np
 
         buf = np.frombuffer(rd.buf, dtype=np.uint8)
-        state = self.vocab.state
+        if order == 1:
+            return self._fill_vocabulary(buf, rd, stop, stats)
+        spans = self._split(rd, stop)
+        calls = [(buf, start, end, order, highest, self.vocab.table, False, self.targets, state, seen)
+                 for (start, end), (state, seen) in zip(spans, self.parts, strict=False)]
+        for call in calls:
+            call[8][:2] = 0
+        if len(calls) == 1:
+            results = [self.kernel(*calls[0])]
+        else:
+            results = list(self.pool.map(lambda args: self.kernel(*args), calls))
+        # Slices count in order; after one that stopped early, the rest is scanned again from there.
+        for call, (pos, lines, code) in zip(calls, results, strict=True):
+            rd.advance(pos, lines)
+            stats.entries += lines
+            stats.first_bos += int(call[8][0])
+            stats.first_eos += int(call[8][1])
+            if code != _DONE:
+                return code
+        return _DONE
+
+    def _split(self, rd: _Reader, stop: int) -> list[tuple[int, int]]:
+        """The whole lines buf[rd.start:stop] cut at line ends into one slice per thread."""
+        size = stop - rd.start
+        if len(self.parts) == 1 or size < _PARALLEL_MIN:
+            return [(rd.start, stop)]
+        cuts = [rd.start]
+        for i in range(1, len(self.parts)):
+            cut = rd.buf.find(b"\n", rd.start + i * size // len(self.parts), stop) + 1
+            if cut > cuts[-1]:
+                cuts.append(cut)
+        if cuts[-1] != stop:
+            cuts.append(stop)
+        return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+    def _fill_vocabulary(self, buf, rd: _Reader, stop: int, stats: _SectionStats) -> int:
+        """The 1-grams, in one thread: the kernel inserts their hashes into the table."""
+        state, seen = self.vocab.state, self.parts[0][1]
         state[:2] = 0
         while True:
-            pos, lines, code = self.kernel(buf, rd.start, stop, order, highest, self.vocab.table, order == 1,
-                                           self.targets, state, self.seen)
+            pos, lines, code = self.kernel(buf, rd.start, stop, 1, False, self.vocab.table, True, self.targets,
+                                           state, seen)
             rd.advance(pos, lines)
             stats.entries += lines
             if code != _TABLE_FULL:
@@ -931,17 +1000,18 @@ class _Scanner:
         stats.entries += 1
 
     def _count(self, line: bytes, order: int, stats: _SectionStats) -> None:
-        words = line.split(b"\t")[1].split()
+        words = _words(line.split(b"\t")[1])
         if order == 1:
             self.vocab.add(words[0])
         stats.first_bos += words[0] == BOS
         stats.first_eos += words[0] == EOS
 
 
-def check_arpa(path: str | os.PathLike, jit: bool | None = None) -> CheckReport:
+def check_arpa(path: str | os.PathLike, jit: bool | None = None, threads: int | None = None) -> CheckReport:
     """Validate ``path`` (``.gz`` allowed) in one streaming pass; raise ArpaError at the first problem.
 
     ``jit``: None uses the compiled scanner when numba is importable, False forces pure Python.
+    ``threads``: compiled scanners working on each buffer (default: CPU cores, at most 4).
     A missing </s> or <s> is not an error here (the file is well formed) but makes ``report.ok``
     False, and ``report.notes`` says why and what to do.
     """
@@ -950,14 +1020,18 @@ def check_arpa(path: str | os.PathLike, jit: bool | None = None) -> CheckReport:
     with _open_input(path) as (raw, _):
         rd = _Reader(raw)
         header = _read_header(rd)
-        scanner = _Scanner(header.counts[0], len(header.counts), jit)
+        threads = threads or min(4, os.cpu_count() or 1)
+        scanner = _Scanner(header.counts[0], len(header.counts), jit, threads)
         stats: list[_SectionStats] = []
-        for order, wanted in enumerate(header.counts, start=1):
-            _expect_section(rd, order)
-            found = scanner.section(rd, order, order == len(header.counts), wanted)
-            if found.entries != wanted:
-                raise _count_mismatch(rd, order, found.entries, wanted)
-            stats.append(found)
+        try:
+            for order, wanted in enumerate(header.counts, start=1):
+                _expect_section(rd, order)
+                found = scanner.section(rd, order, order == len(header.counts), wanted)
+                if found.entries != wanted:
+                    raise _count_mismatch(rd, order, found.entries, wanted)
+                stats.append(found)
+        finally:
+            scanner.close()
         _expect_end(rd, len(header.counts))
         size = rd.offset
     seconds = time.perf_counter() - t0
