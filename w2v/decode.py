@@ -237,9 +237,14 @@ def _ctc_tokenizer(model_dir: Path) -> Any:
 
     config_file = model_dir / "tokenizer_config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    return Wav2Vec2CTCTokenizer(str(model_dir / "vocab.json"), unk_token=config.get("unk_token", UNK),
-                                pad_token=config.get("pad_token", PAD),
-                                word_delimiter_token=config.get("word_delimiter_token", WORD_DELIMITER),
+
+    def token(key: str, default: str) -> str:  # a string, or an AddedToken saved as a dict
+        value = config.get(key) or default
+        return value["content"] if isinstance(value, dict) else value
+
+    return Wav2Vec2CTCTokenizer(str(model_dir / "vocab.json"), unk_token=token("unk_token", UNK),
+                                pad_token=token("pad_token", PAD),
+                                word_delimiter_token=token("word_delimiter_token", WORD_DELIMITER),
                                 bos_token=None, eos_token=None)
 
 
