@@ -514,16 +514,16 @@ def _copy_exact(src: BinaryIO, dst: BinaryIO, count: int) -> None:
         count -= len(data)
 
 
-def _write_head(spool: BinaryIO, edits: list[tuple[int, int, bytes]], head_end: int, out: BinaryIO) -> None:
-    """Replay the spooled head [0, head_end) into ``out`` with the edits applied."""
-    spool.seek(0)
+def _write_head(source: BinaryIO, edits: list[tuple[int, int, bytes]], head_end: int, out: BinaryIO) -> None:
+    """Copy the head [0, head_end) of ``source`` into ``out`` with the edits applied."""
+    source.seek(0)
     pos = 0
     for start, end, replacement in edits:
-        _copy_exact(spool, out, start - pos)
-        spool.seek(end)
+        _copy_exact(source, out, start - pos)
+        source.seek(end)
         out.write(replacement)
         pos = end
-    _copy_exact(spool, out, head_end - pos)
+    _copy_exact(source, out, head_end - pos)
 
 
 def _kernel_copy(src_fd: int, dst_fd: int, offset: int) -> int:
@@ -588,7 +588,7 @@ def fix_arpa(src: str | os.PathLike, dst: str | os.PathLike) -> FixResult:
     """
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    with _open_input(src) as (raw, src_fd), tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY) as spool:
+    with _open_input(src) as (raw, src_fd), _head_copy(src_fd) as spool:
         rd = _Reader(raw, tee=spool, chunk=_FIX_CHUNK)
         head = _scan_head(rd)
         if src_fd is not None:
@@ -597,19 +597,31 @@ def fix_arpa(src: str | os.PathLike, dst: str | os.PathLike) -> FixResult:
         if not edits and _same_file(src, dst) and src.suffix == dst.suffix:
             written = os.path.getsize(src)
         else:
-            written = _write_fixed(rd, spool, head, edits, src_fd, dst)
+            written = _write_fixed(rd, raw if spool is None else spool, head, edits, src_fd, dst)
     return _fix_result(src, dst, head, edits, written, time.perf_counter() - t0)
 
 
-def _write_fixed(rd: _Reader, spool: BinaryIO, head: _Head, edits: list[tuple[int, int, bytes]],
+@contextmanager
+def _head_copy(src_fd: int | None) -> Iterator[BinaryIO | None]:
+    """Where the head scan keeps what it read: nowhere for a plain file (it is read again), else a
+    spool, in memory while small (gzip cannot seek cheaply, a pipe not at all)."""
+    if src_fd is not None:
+        yield None
+        return
+    with tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY) as spool:
+        yield spool
+
+
+def _write_fixed(rd: _Reader, head_source: BinaryIO, head: _Head, edits: list[tuple[int, int, bytes]],
                  src_fd: int | None, dst: Path) -> int:
-    """Edited head, then the rest: by the kernel when both ends are plain files."""
+    """Edited head, then the rest: by the kernel when both ends are plain files. ``head_source`` is
+    the input itself when it is a plain file, else the spool of what the head scan read."""
     with _atomic_output(dst) as out_raw:
         out: BinaryIO = out_raw
         if dst.suffix == ".gz":
             out = gzip.GzipFile(filename=dst.stem, mode="wb", fileobj=out_raw, compresslevel=6, mtime=0)
         try:
-            _write_head(spool, edits, head.head_end, out)
+            _write_head(head_source, edits, head.head_end, out)
             written = head.head_end + sum(len(r) - (e - s) for s, e, r in edits)
             if src_fd is not None and out is out_raw:
                 written += _kernel_copy(src_fd, out_raw.fileno(), head.head_end)
@@ -617,8 +629,8 @@ def _write_fixed(rd: _Reader, spool: BinaryIO, head: _Head, edits: list[tuple[in
                 rd.raw.seek(head.head_end)
                 written += _copy_stream(rd.raw, out)[0]
             else:  # gzip or a pipe: what the head scan read ahead is in the spool
-                spool.seek(head.head_end)
-                n1, tail1 = _copy_stream(spool, out)
+                head_source.seek(head.head_end)
+                n1, tail1 = _copy_stream(head_source, out)
                 n2, tail2 = _copy_stream(rd.raw, out)
                 written += n1 + n2
                 _require_end(tail1 + tail2, written)
