@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=1.0, help="size of the synthetic ARPA (default 1)")
     parser.add_argument("--vocab", type=int, default=None, help="1-gram count (default 200k per GB)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of cp, the fixer and --check (best kept)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of cp, the fixer and --check (best kept)")
     parser.add_argument("--tmp-dir", default=None, help="where to write the files (default: $TMPDIR)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
