@@ -1,0 +1,189 @@
+#!/usr/bin/env python
+"""Training throughput: train.py vs the Hugging Face Trainer recipe, same model, same shards, same memory.
+
+    python benchmarks/bench_train.py [--steps 100] [--json OUT]                      # CPU, demo-size model
+    python benchmarks/bench_train.py --device cuda --model base --steps 200 --json OUT  # a GPU machine
+
+- `ours`: `train.py` (streaming loader, duration buckets capped at --max-batch-seconds of padded audio,
+  token-normalised CTC), fp32 on CPU / fp16 on CUDA.
+- `hf_trainer`: the recipe of transformers' run_speech_recognition_ctc.py: utterances decoded and
+  normalised by `Wav2Vec2FeatureExtractor` up front (as its `datasets.map` does), `Trainer` with
+  `train_sampling_strategy="group_by_length"` and `DataCollatorCTCWithPadding`. Same memory budget:
+  its batch size is the largest whose worst case (the longest utterances together) fits the same
+  padded-seconds cap, which is what a user must pick to never OOM.
+
+Both run --steps optimizer updates; throughput = training audio seconds per wall second over the
+updates after the first 10% (start-up, compilation and the first buffer fill excluded). Peak memory
+is reported on CUDA. The corpus is espeak-ng speech of mixed lengths (demo sentences), cached in --work.
+"""
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from w2v.shards import iter_tar_samples, read_index  # noqa: E402
+from w2v.text import Vocabulary  # noqa: E402
+
+BASE = {  # wav2vec2-base's shape (95 M parameters), trained from scratch here: a speed test only
+    "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+    "conv_dim": [512] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "feat_extract_norm": "group", "do_stable_layer_norm": False, "conv_bias": False,
+}
+
+
+def make_data(work: Path, utterances: int) -> Path:
+    shards = work / f"shards-{utterances}"
+    if (shards / "index.json").is_file():
+        return shards
+    corpus = work / "corpus"
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_demo_corpus.py"), "--out", str(corpus), "--train",
+                    str(utterances), "--dev", "1", "--test", "1", "--lm-extra", "0"], check=True)
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_shards.py"), str(corpus), "--split", "train",
+                    "--out", str(shards), "--no-progress"], check=True)
+    return shards
+
+
+def model_config(name: str) -> dict:
+    if name == "base":
+        return BASE
+    return yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())["model_config"]
+
+
+def run_ours(shards: Path, work: Path, args) -> dict:
+    cfg = {"model_config": model_config(args.model), "freeze_feature_encoder": False, "mask_time_prob": 0.05,
+           "learning_rate": 1e-4, "lr_scheduler_type": "linear", "warmup_steps": 10,
+           "max_batch_seconds": args.max_batch_seconds, "min_duration": 0.0, "max_duration": 30.0,
+           "dataloader_num_workers": 0 if args.device == "cpu" else 4, "logging_steps": max(1, args.steps // 20),
+           "eval_steps": 10**9, "save_steps": 10**9, "max_steps": args.steps,
+           "mixed_precision": "fp16" if args.device == "cuda" else "no"}
+    config_file = work / "ours.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    out = work / "ours-run"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(config_file), "--train_shards",
+                    str(shards), "--output_dir", str(out)], check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steady = [r for r in records if "audio_seconds_per_second" in r and r["update"] > args.steps // 10]
+    rate = float(np.mean([r["audio_seconds_per_second"] for r in steady]))
+    padding = float(np.mean([r["padding_percent"] for r in steady]))
+    return {"audio_seconds_per_second": rate, "padding_percent": padding, "wall_seconds": wall}
+
+
+class Collator:
+    """`DataCollatorCTCWithPadding` from transformers' run_speech_recognition_ctc.py."""
+
+    def __init__(self, processor, clock: dict | None = None):
+        self.processor, self.clock = processor, clock
+
+    def __call__(self, features):
+        if self.clock is not None and self.clock["start"] is not None:  # audio trained on after warm-up
+            self.clock["audio"] += sum(len(f["input_values"]) for f in features) / 16000
+        batch = self.processor.pad([{"input_values": f["input_values"]} for f in features], padding=True,
+                                   return_tensors="pt")
+        labels = self.processor.pad(labels=[{"input_ids": f["labels"]} for f in features], padding=True,
+                                    return_tensors="pt")
+        batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
+        return batch
+
+
+def run_hf(shards: Path, work: Path, args) -> dict:
+    from transformers import (
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    index = read_index(shards)
+    vocab = Vocabulary.build(t for s in index["shards"] for t in s["texts"])
+    vocab.save(work / "vocab.json")
+    tokenizer = Wav2Vec2CTCTokenizer(str(work / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
+                                     word_delimiter_token="|")
+    mc = model_config(args.model)
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                         return_attention_mask=mc.get("feat_extract_norm") == "layer")
+    processor = Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
+    features, durations = [], []
+    for shard in index["shards"]:  # the example's datasets.map: decode, extract, tokenise up front
+        for _, parts in iter_tar_samples(shards / shard["name"]):
+            wave, sr = sf.read(io.BytesIO(parts["flac"]), dtype="float32")
+            text = json.loads(parts["json"])["text"]
+            features.append({"input_values": extractor(wave, sampling_rate=sr).input_values[0],
+                             "labels": tokenizer(vocab.normalizer(text)).input_ids})
+            durations.append(len(wave) / sr)
+    batch_size = max(1, int(args.max_batch_seconds // max(durations)))  # worst case must fit the cap
+    torch.manual_seed(0)
+    model = Wav2Vec2ForCTC(Wav2Vec2Config(**mc, vocab_size=len(vocab), pad_token_id=vocab.pad_id,
+                                          ctc_loss_reduction="mean", ctc_zero_infinity=True, mask_time_prob=0.05))
+    seen = {"audio": 0.0, "start": None}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == args.steps // 10 and seen["start"] is None:
+                seen["start"] = time.perf_counter()
+
+    training = TrainingArguments(
+        output_dir=str(work / "hf-run"), per_device_train_batch_size=batch_size, max_steps=args.steps,
+        learning_rate=1e-4, warmup_steps=10, train_sampling_strategy="group_by_length", logging_steps=10**9,
+        save_strategy="no", report_to=[], dataloader_num_workers=0 if args.device == "cpu" else 4,
+        fp16=args.device == "cuda", use_cpu=args.device == "cpu", disable_tqdm=True)
+    trainer = Trainer(model=model, args=training, train_dataset=features, data_collator=Collator(processor, seen),
+                      processing_class=extractor, callbacks=[Clock()])
+    start = time.perf_counter()
+    trainer.train()
+    end = time.perf_counter()
+    return {"audio_seconds_per_second": seen["audio"] / (end - seen["start"]), "batch_size": batch_size,
+            "wall_seconds": end - start, "longest_utterance": float(max(durations))}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--utterances", type=int, default=600)
+    p.add_argument("--model", default="demo", help="demo (3.6 M) | tiny | base (wav2vec2-base shape)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--max-batch-seconds", type=float, default=40.0)
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "w2v-bench-train"))
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    shards = make_data(work, args.utterances)
+    results = {"ours": run_ours(shards, work, args), "hf_trainer": run_hf(shards, work, args)}
+    if args.device == "cuda":
+        results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    ours, hf = results["ours"]["audio_seconds_per_second"], results["hf_trainer"]["audio_seconds_per_second"]
+    print(f"\ntraining, {args.model} model, {args.device}, {args.steps} updates, cap {args.max_batch_seconds:g} "
+          "padded seconds per batch:")
+    print(f"{'path':12} {'audio-s/s':>10} {'× HF':>6}  notes")
+    print(f"{'ours':12} {ours:10.1f} {ours / hf:6.2f}  padding {results['ours']['padding_percent']:.1f}%")
+    print(f"{'hf_trainer':12} {hf:10.1f} {1.0:6.2f}  batch size {results['hf_trainer']['batch_size']} "
+          f"(longest utterance {results['hf_trainer']['longest_utterance']:.1f} s)")
+    results["ours_vs_hf"] = ours / hf
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
