@@ -14,7 +14,7 @@ References are normalised with the normaliser saved beside the model (as in trai
 
 import argparse
 import json
-import multiprocessing as mp
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from transformers import Wav2Vec2ForCTC
 
 from w2v.data import LoaderConfig, SpeechLoader
-from w2v.decode import build_lm_decoder, greedy_decode, labels_from_vocab
+from w2v.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
 from w2v.metrics import ErrorCounts
 from w2v.model import wants_attention_mask
 from w2v.text import TextNormalizer, Vocabulary
@@ -75,26 +75,6 @@ def acoustic_outputs(model_dir: Path, shards: str, index: str | None, max_batch_
     return outputs, keys, texts, audio, compute
 
 
-def find_lm(path: Path) -> tuple[str, list[str] | None]:
-    """The model file of an LM folder (trie binary preferred) and its unigrams."""
-    if path.is_file():
-        unigrams = path.parent / "unigrams.txt"
-    else:
-        files = sorted(path.glob("*.bin")) or sorted(path.glob("*.arpa"))
-        if not files:
-            raise SystemExit(f"error: {path}: no .bin or .arpa LM inside")
-        path, unigrams = files[0], path / "unigrams.txt"
-    words = unigrams.read_text(encoding="utf-8").split() if unigrams.is_file() else None
-    return str(path), words
-
-
-def lm_decode(labels, lm_file, unigrams, alpha, beta, beam_width, log_probs, workers) -> list[str]:
-    decoder = build_lm_decoder(labels, lm_file, unigrams, alpha=alpha, beta=beta)
-    # a fork pool made after the decoder: the children share its KenLM model without reloading it
-    with mp.get_context("fork").Pool(workers) as pool:
-        return decoder.decode_batch(pool, log_probs, beam_width=beam_width)
-
-
 def score(refs: list[str], hyps: list[str]) -> dict:
     counts = ErrorCounts.of(refs, hyps)
     return {"wer": counts.wer, "cer": counts.cer, "words": counts.words}
@@ -118,21 +98,23 @@ def main(argv=None) -> int:
               "real_time_factor": {"acoustic_model": compute / audio, "greedy": greedy_seconds / audio}}
     lm_hyps = None
     if args.lm:
-        lm_file, unigrams = find_lm(Path(args.lm))
-        labels = labels_from_vocab(vocab.tokens)
-        workers = args.workers or mp.cpu_count()
+        lm_file = find_lm_file(args.lm)
+        labels = labels_from_vocab(vocab.tokens, size=log_probs[0].shape[-1] if log_probs else None)
         points = [(a, b) for a in args.alphas for b in args.betas] if args.tune else [(args.alpha, args.beta)]
-        best = None
-        grid = []
-        for alpha, beta in tqdm(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1):
-            start = time.perf_counter()
-            hyps = lm_decode(labels, lm_file, unigrams, alpha, beta, args.beam_width, log_probs, workers)
-            seconds = time.perf_counter() - start
-            figures = {**score(refs, hyps), "alpha": alpha, "beta": beta}
-            grid.append(figures)
-            if best is None or (figures["wer"], figures["cer"]) < (best[0]["wer"], best[0]["cer"]):
-                best = (figures, hyps, seconds)
-        result["lm"] = {**best[0], "lm": lm_file, "beam_width": args.beam_width}
+        best, grid = None, []
+        # one decoder, one KenLM load for the whole grid; batches in a fork pool made after it
+        with BeamDecoder(labels, lm_file, load_unigrams(lm_file), points[0][0], points[0][1], args.beam_width,
+                         processes=args.workers or os.cpu_count() or 1) as decoder:
+            for alpha, beta in tqdm(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1):
+                decoder.set_weights(alpha, beta)
+                start = time.perf_counter()
+                hyps = decoder.decode_batch(log_probs)
+                seconds = time.perf_counter() - start
+                figures = {**score(refs, hyps), "alpha": alpha, "beta": beta}
+                grid.append(figures)
+                if best is None or (figures["wer"], figures["cer"]) < (best[0]["wer"], best[0]["cer"]):
+                    best = (figures, hyps, seconds)
+        result["lm"] = {**best[0], "lm": str(lm_file), "beam_width": args.beam_width}
         result["real_time_factor"]["lm"] = best[2] / audio
         if args.tune:
             result["grid"] = grid
