@@ -214,3 +214,27 @@ def test_shard_specs(cv_shards, tmp_path):
         SpeechLoader(f"{tmp_path}/nothing-*.tar")
     with pytest.raises(ValueError, match="index"):
         SpeechLoader(pipe)
+
+
+def test_a_sample_whose_labels_cannot_fit_its_frames_is_dropped(cv_shards):
+    shard_dir, expected = cv_shards
+    vocab = vocab_for(shard_dir)
+    # for a one-layer conv stack of stride s, sample i fits while frames(n_i) >= labels + repeats;
+    # pick s so that exactly the sample with the fewest frames per label does not fit
+    index = read_index(shard_dir)
+    needs = {}
+    for shard in index["shards"]:
+        for key, seconds, text in zip(shard["keys"], shard["durations"], shard["texts"], strict=True):
+            labels = vocab.encode(text)
+            needs[key] = (round(seconds * 16000), len(labels) + int((labels[1:] == labels[:-1]).sum()))
+    largest_ok = {k: n // need for k, (n, need) in needs.items()}  # kernel = stride = s: n // s frames
+    assert all(output_frames(np.array([n]), (s,), (s,))[0] >= need > output_frames(np.array([n]), (s + 1,), (s + 1,))[0]
+               for (n, need), s in zip(needs.values(), largest_ok.values(), strict=True))
+    ranked = sorted(largest_ok, key=largest_ok.get)
+    victim, stride = ranked[0], largest_ok[ranked[1]]
+    assert largest_ok[victim] < stride
+    ld = SpeechLoader(shard_dir, LoaderConfig(max_batch_seconds=8.0), labeler=vocab.encode,
+                      conv_kernel=(stride,), conv_stride=(stride,))
+    keys = [k for b in ld for k in b["keys"]]
+    assert victim not in keys and len(keys) == len(expected.written) - 1
+    assert ld.drops_at_plan() == {"ctc_infeasible": 1}
