@@ -35,6 +35,7 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from w2v.baselines import DataCollatorCTCWithPadding  # noqa: E402
 from w2v.corpus import open_corpus  # noqa: E402
 from w2v.data import LoaderConfig, SpeechLoader  # noqa: E402
 from w2v.sharding import ShardOptions, make_shards  # noqa: E402
@@ -50,21 +51,6 @@ SENTENCES = [
     "The library keeps its oldest maps in a cool dark room beneath the main reading hall.",
 ]
 VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb+m3"]
-
-
-class Collator:
-    """`DataCollatorCTCWithPadding` from transformers' run_speech_recognition_ctc.py."""
-
-    def __init__(self, processor):
-        self.processor = processor
-
-    def __call__(self, features):
-        batch = self.processor.pad([{"input_values": f["input_values"]} for f in features], padding="longest",
-                                   return_tensors="pt")
-        labels = self.processor.pad(labels=[{"input_ids": f["labels"]} for f in features], padding="longest",
-                                    return_tensors="pt")
-        batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
-        return batch
 
 
 def make_data(work: Path, minutes: float, codec: str) -> Path:
@@ -106,7 +92,7 @@ def run_hf(shards: Path, vocab: Vocabulary, processor, stock: bool) -> float:
     ext = "flac" if any(shards.glob("*.tar")) and _codec(shards) == "flac" else "wav"
     dataset = wds.WebDataset(urls, shardshuffle=False)
     dataset = dataset.decode(wds.torch_audio) if stock else dataset
-    extractor, collate = processor.feature_extractor, Collator(processor)
+    extractor, collate = processor.feature_extractor, DataCollatorCTCWithPadding(processor)
     audio, pending, start = 0.0, [], time.perf_counter()
     for sample in dataset:
         if stock:

@@ -34,6 +34,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from w2v.baselines import DataCollatorCTCWithPadding  # noqa: E402
 from w2v.shards import iter_tar_samples, read_index  # noqa: E402
 from w2v.text import Vocabulary  # noqa: E402
 
@@ -84,21 +85,17 @@ def run_ours(shards: Path, work: Path, args) -> dict:
     return {"audio_seconds_per_second": rate, "padding_percent": padding, "wall_seconds": wall}
 
 
-class Collator:
-    """`DataCollatorCTCWithPadding` from transformers' run_speech_recognition_ctc.py."""
+class CountingCollator(DataCollatorCTCWithPadding):
+    """The HF example's collator, also counting the audio trained on once the clock has started."""
 
-    def __init__(self, processor, clock: dict | None = None):
-        self.processor, self.clock = processor, clock
+    def __init__(self, processor, clock: dict):
+        super().__init__(processor)
+        self.clock = clock
 
     def __call__(self, features):
-        if self.clock is not None and self.clock["start"] is not None:  # audio trained on after warm-up
+        if self.clock["start"] is not None:
             self.clock["audio"] += sum(len(f["input_values"]) for f in features) / 16000
-        batch = self.processor.pad([{"input_values": f["input_values"]} for f in features], padding=True,
-                                   return_tensors="pt")
-        labels = self.processor.pad(labels=[{"input_ids": f["labels"]} for f in features], padding=True,
-                                    return_tensors="pt")
-        batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
-        return batch
+        return super().__call__(features)
 
 
 def run_hf(shards: Path, work: Path, args) -> dict:
@@ -146,7 +143,7 @@ def run_hf(shards: Path, work: Path, args) -> dict:
         learning_rate=1e-4, warmup_steps=10, train_sampling_strategy="group_by_length", logging_steps=10**9,
         save_strategy="no", report_to=[], dataloader_num_workers=0 if args.device == "cpu" else 4,
         fp16=args.device == "cuda", use_cpu=args.device == "cpu", disable_tqdm=True)
-    trainer = Trainer(model=model, args=training, train_dataset=features, data_collator=Collator(processor, seen),
+    trainer = Trainer(model=model, args=training, train_dataset=features, data_collator=CountingCollator(processor, seen),
                       processing_class=extractor, callbacks=[Clock()])
     start = time.perf_counter()
     trainer.train()

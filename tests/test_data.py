@@ -3,7 +3,6 @@
 import io
 import shutil
 import tarfile
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -11,29 +10,12 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
+from w2v.baselines import DataCollatorCTCWithPadding
 from w2v.data import LoaderConfig, SpeechLoader, expand_spec, output_frames
 from w2v.shards import iter_tar_samples, read_index
 from w2v.text import Vocabulary
 
 CONV_KERNEL, CONV_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
-
-
-@dataclass
-class DataCollatorCTCWithPadding:
-    """Copied from transformers' examples/pytorch/speech-recognition/run_speech_recognition_ctc.py."""
-
-    processor: Wav2Vec2Processor
-    padding: bool | str = "longest"
-
-    def __call__(self, features):
-        input_features = [{"input_values": f["input_values"]} for f in features]
-        label_features = [{"input_ids": f["labels"]} for f in features]
-        batch = self.processor.pad(input_features, padding=self.padding, return_tensors="pt")
-        labels_batch = self.processor.pad(labels=label_features, padding=self.padding, return_tensors="pt")
-        batch["labels"] = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
-        if "attention_mask" in batch:
-            batch["attention_mask"] = batch["attention_mask"].to(torch.long)
-        return batch
 
 
 def vocab_for(shard_dir) -> Vocabulary:

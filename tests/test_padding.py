@@ -1,13 +1,12 @@
 """normalize_and_pad / pad_labels against the transformers feature extractor and the HF CTC collator."""
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
+from w2v.baselines import DataCollatorCTCWithPadding
 from w2v.padding import normalize_and_pad, pad_labels
 
 
@@ -94,25 +93,6 @@ def test_empty_batch_and_bad_lengths():
 
 
 # --- labels: same layout as the HF example's collator ----------------------------------------
-
-
-@dataclass
-class DataCollatorCTCWithPadding:
-    """The small collator of transformers' examples/pytorch/speech-recognition/run_speech_recognition_ctc.py."""
-
-    processor: Wav2Vec2Processor
-    padding: bool | str = "longest"
-
-    def __call__(self, features: list[dict]) -> dict:
-        input_features = [{"input_values": f["input_values"]} for f in features]
-        label_features = [{"input_ids": f["labels"]} for f in features]
-        batch = self.processor.pad(input_features, padding=self.padding, return_tensors="pt")
-        labels_batch = self.processor.pad(labels=label_features, padding=self.padding, return_tensors="pt")
-        # replace padding with -100 to ignore loss correctly
-        batch["labels"] = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
-        if "attention_mask" in batch:
-            batch["attention_mask"] = batch["attention_mask"].to(torch.long)
-        return batch
 
 
 @pytest.fixture(scope="module")

@@ -160,9 +160,8 @@ def _fit_count(longest: float, cap: float, max_count: int) -> int:
 
 
 @numba.njit(cache=True)
-def _collect(b, head, nxt, durations, tmp_pos, tmp_dur):
-    """Copy bucket ``b``'s queue (a linked list through ``nxt``) to ``tmp_*`` in arrival order."""
-    q = 0
+def _collect(b, head, nxt, durations, tmp_pos, tmp_dur, q=0):
+    """Copy bucket ``b``'s queue (a linked list through ``nxt``) to ``tmp_*[q:]`` in arrival order."""
     p = head[b]
     while p >= 0:
         tmp_pos[q] = p
@@ -247,12 +246,7 @@ def _drain_all(head, nxt, num_buckets, durations, cap, max_count, tmp_pos, tmp_d
     """
     q = 0
     for b in range(num_buckets):
-        p = head[b]
-        while p >= 0:
-            tmp_pos[q] = p
-            tmp_dur[q] = durations[p]
-            q += 1
-            p = nxt[p]
+        q = _collect(b, head, nxt, durations, tmp_pos, tmp_dur, q)
         head[b] = -1
     srt = np.argsort(tmp_dur[:q], kind="mergesort")
     first_batch = n_batches
