@@ -469,12 +469,14 @@ class _Batcher:
         if not waves:  # a stand-in the training loop weights by zero: ranks stay in step
             waves = [np.zeros(SAMPLE_RATE, np.int16)]
             labels = None if labels is None else [np.full(1, -100, np.int64)]
-        values, mask = normalize_and_pad(waves, with_mask=self.cfg.return_attention_mask)
-        lengths = np.array([len(w) for w in waves], dtype=np.int64)
+        values, _ = normalize_and_pad(waves, with_mask=False)
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
         batch["input_values"] = torch.from_numpy(values)
-        batch["input_lengths"] = torch.from_numpy(lengths)
+        batch["input_lengths"] = lengths
         if self.cfg.return_attention_mask:
-            batch["attention_mask"] = torch.from_numpy(mask)
+            # bool, from the lengths: a quarter of the bytes of an int32 mask written sample by sample
+            # (the model only sums it and compares it); equal to the HF mask as integers
+            batch["attention_mask"] = torch.arange(values.shape[1]) < lengths[:, None]
         if labels is not None:
             batch["labels"] = torch.from_numpy(pad_labels(labels))
         batch["keys"] = [table.shards[table.shard_of[i]].keys[table.local[i]] for i in ids]
@@ -504,7 +506,7 @@ class SpeechLoader:
     """Batches for one rank: `for batch in loader` per epoch; `set_epoch`, `len`, state for resume.
 
     Batches are dicts: `input_values` float32 [B, T] (normalised, zero padded), `input_lengths`,
-    `attention_mask` int32 [B, T] (when `return_attention_mask`: layer-norm models such as XLS-R;
+    `attention_mask` bool [B, T] (when `return_attention_mask`: layer-norm models such as XLS-R;
     group-norm wav2vec2-base must not get one), `labels` int64 [B, L] padded with -100, `keys`,
     `texts`, `audio_seconds`, `padded_seconds`, `empty` (a zero-weight stand-in that keeps ranks in
     step), and `stats` (the worker's running counters: drops by reason, corrupt members).
