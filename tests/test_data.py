@@ -220,3 +220,18 @@ def test_a_sample_whose_labels_cannot_fit_its_frames_is_dropped(cv_shards):
     keys = [k for b in ld for k in b["keys"]]
     assert victim not in keys and len(keys) == len(expected.written) - 1
     assert ld.drops_at_plan() == {"ctc_infeasible": 1}
+
+
+def test_wav_fast_path_equals_soundfile():
+    from w2v import audio
+    from w2v.data import _decode
+
+    rng = np.random.default_rng(0)
+    pcm = rng.integers(-32768, 32767, 16001, dtype=np.int16)
+    wav = audio.encode(pcm, "wav")
+    assert np.array_equal(_decode(wav), sf.read(io.BytesIO(wav), dtype="int16")[0])
+    stereo = io.BytesIO()
+    sf.write(stereo, np.stack([pcm, pcm], 1), 16000, format="WAV", subtype="PCM_16")
+    assert np.array_equal(_decode(stereo.getvalue()), pcm)  # not the fast path: soundfile downmixes
+    with pytest.raises(ValueError, match="sample rate"):
+        _decode(audio.encode(pcm, "wav", sr=8000))
