@@ -26,9 +26,7 @@ spread); ``short``: uniform 0.5-3 s (commands / short-utterance corpora).
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -37,6 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numba_cold  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from w2v.bucketing import bucket_edges, padding_fraction, plan_batches  # noqa: E402
 
 LHOTSE_NOTE = "Lhotse not installed: ANCHORS.md puts 30 duration buckets at 3-5 % padding (~4 %)."
@@ -189,12 +189,7 @@ def cold_compile_seconds() -> float:
         "import time, numpy as np; from w2v.bucketing import plan_batches; t = time.perf_counter(); "
         "plan_batches(np.array([1.0, 2.0, 3.0]), np.array([2.0]), 10.0); print(time.perf_counter() - t)"
     )
-    root = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory() as cache:
-        env = {"NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}
-        proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
-                              text=True, check=True)
-    return float(proc.stdout.split()[-1])
+    return numba_cold.cold_compile_seconds(code)
 
 
 def main() -> None:
