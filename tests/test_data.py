@@ -235,3 +235,19 @@ def test_wav_fast_path_equals_soundfile():
     assert np.array_equal(_decode(stereo.getvalue()), pcm)  # not the fast path: soundfile downmixes
     with pytest.raises(ValueError, match="sample rate"):
         _decode(audio.encode(pcm, "wav", sr=8000))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_reader_handles_the_common_tar_formats(tmp_path, fmt):
+    from w2v.data import _tar_members
+
+    long_key = "k" * 120 if fmt != tarfile.USTAR_FORMAT else "short_key"
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name, data in ((f"dir/{long_key}.flac", b"audio" * 300), (f"dir/{long_key}.json", b"{}")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert list(_tar_members(str(path))) == [(long_key, "flac", b"audio" * 300), (long_key, "json", b"{}")]
+    with pytest.raises(tarfile.ReadError):
+        list(_tar_members(str(path), expected_bytes=path.stat().st_size + 1))
