@@ -28,12 +28,11 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from w2v.config import TrainConfig, parse_config
-from w2v.data import LoaderConfig, SpeechLoader
+from w2v.data import LoaderConfig, SpeechLoader, resolve_shards
 from w2v.decode import greedy_decode
 from w2v.metrics import ErrorCounts
 from w2v.model import ConfigError, CTCModel, build_processor, load_model, wants_attention_mask
 from w2v.schedule import make_scheduler
-from w2v.shards import read_index
 from w2v.text import TextNormalizer, Vocabulary
 
 # Settings a checkpoint must share with the run that resumes it (else the batches or shapes differ).
@@ -67,8 +66,7 @@ def main(cfg: TrainConfig) -> None:
             if cfg.vocab_path:
                 shutil.copyfile(cfg.vocab_path, vocab_file)
             elif not vocab_file.is_file() or not cfg.resume_from_checkpoint:
-                texts = (t for s in read_index_for(cfg.train_shards, cfg.train_index)["shards"] for t in s["texts"])
-                Vocabulary.build(texts, normalizer).save(vocab_file)
+                Vocabulary.build(training_texts(cfg.train_shards, cfg.train_index), normalizer).save(vocab_file)
     vocab = Vocabulary.load(vocab_file, normalizer)
 
     # ---------------------------------------------------------------- model
@@ -220,16 +218,12 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"--vocab_path {cfg.vocab_path}: no such file")
 
 
-def read_index_for(spec: str, index: str | None) -> dict:
-    """The index of a shard spec: the given one, or the index.json of the folder the shards are in."""
-    if index:
-        return read_index(Path(index).parent) if Path(index).name == "index.json" else read_index(index)
-    from w2v.data import expand_spec
-
-    urls = expand_spec(spec)
-    if not urls:
-        raise ConfigError(f"shard spec {spec!r} matches no shards")
-    return read_index(Path(urls[0]).parent)
+def training_texts(spec: str, index: str | None) -> list[str]:
+    """Transcripts of the training shards, from their index (the loader's own spec resolution)."""
+    try:
+        return [t for shard in resolve_shards(spec, index) for t in shard.texts]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def report_unknown(vocab: Vocabulary, say) -> None:

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import _path  # noqa: F401
-import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import Wav2Vec2ForCTC
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
     refs = [vocab.normalizer(t) for t in texts]
     inverse = {i: t for t, i in vocab.tokens.items()}
     start = time.perf_counter()
-    greedy = [greedy_decode(lp[None], inverse, vocab.pad_id, np.array([len(lp)]))[0] for lp in log_probs]
+    greedy = [greedy_decode(lp, inverse, vocab.pad_id)[0] for lp in log_probs]
     greedy_seconds = time.perf_counter() - start
     result = {"utterances": len(refs), "audio_seconds": audio, "greedy": score(refs, greedy),
               "real_time_factor": {"acoustic_model": compute / audio, "greedy": greedy_seconds / audio}}
