@@ -251,3 +251,36 @@ def test_tar_reader_handles_the_common_tar_formats(tmp_path, fmt):
     assert list(_tar_members(str(path))) == [(long_key, "flac", b"audio" * 300), (long_key, "json", b"{}")]
     with pytest.raises(tarfile.ReadError):
         list(_tar_members(str(path), expected_bytes=path.stat().st_size + 1))
+
+
+def test_flac_members_decode_with_w2v_flac_or_soundfile():
+    from w2v import audio
+    from w2v.data import _decode
+
+    rng = np.random.default_rng(0)
+    pcm = (3000 * rng.standard_normal(16001)).astype(np.int16)
+    flac = audio.encode(pcm, "flac")
+    assert np.array_equal(_decode(flac), pcm)
+    stereo = io.BytesIO()  # outside w2v.flac: soundfile decodes and downmixes
+    sf.write(stereo, np.stack([pcm, pcm], 1), 16000, format="FLAC", subtype="PCM_16")
+    assert np.array_equal(_decode(stereo.getvalue()), pcm)
+    damaged = bytearray(flac)
+    damaged[len(flac) // 2] ^= 0x10
+    with pytest.raises(ValueError, match="CRC|invalid|damaged"):
+        _decode(bytes(damaged))
+
+
+def test_a_damaged_member_is_skipped_and_counted(cv_shards, tmp_path):
+    shard_dir, expected = cv_shards
+    broken = tmp_path / "damaged"
+    shutil.copytree(shard_dir, broken)
+    victim = sorted(broken.glob("*.tar"))[0]
+    with tarfile.open(victim) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".flac"))
+    data = bytearray(victim.read_bytes())
+    data[member.offset_data + member.size // 2] ^= 0xFF  # inside the audio: the tar stays valid
+    victim.write_bytes(bytes(data))
+    ld = loader(broken, vocab_for(shard_dir), max_batch_seconds=4.0)
+    keys = [k for b in ld for k in b["keys"]]
+    assert len(keys) == len(expected.written) - 1
+    assert ld.diagnostics()["drops"]["undecodable_member"] == 1

@@ -12,7 +12,8 @@ How it works, in one direction:
    epoch mode every sample is used exactly once per epoch across ranks and workers.
 2. **Stream audio.** Each worker reads its shards sequentially (local files, or any URL WebDataset's
    `gopen` opens: `pipe:`, `https://`), decodes only the members its plan needs from bytes in
-   memory (soundfile; no temporary files), and releases each planned batch as soon as its last
+   memory (`w2v.flac` for mono 16-bit FLAC, a zero-copy view for WAV, soundfile for anything
+   else; no temporary files), and releases each planned batch as soon as its last
    member is decoded. Memory is bounded by the shuffle buffer plus the bucketer's buffer.
 3. **Normalise and pad** (`w2v.padding`, numba): zero mean / unit variance per utterance into one
    preallocated float32 batch, `attention_mask` when the model wants one, labels padded with -100.
@@ -44,7 +45,8 @@ import torch
 from braceexpand import braceexpand
 
 from w2v.bucketing import bucket_edges, equalize_batch_count, padding_fraction, plan_batches, shuffle_order
-from w2v.padding import normalize_and_pad, pad_labels
+from w2v.flac import UnsupportedFlac, decode_flac
+from w2v.padding import attention_mask_from_lengths, normalize_and_pad, pad_labels
 from w2v.shards import FORMAT_TAG, INDEX_NAME
 
 log = logging.getLogger(__name__)
@@ -358,20 +360,20 @@ def _resampled_plan(table: SampleTable, cfg: LoaderConfig, epoch: int, rank: int
 # ----------------------------------------------------------------------------------------------
 
 
-class _CountingReader(io.RawIOBase):
-    """Counts the bytes read through it: tarfile treats a truncated stream as a clean end."""
-
-    def __init__(self, raw):
-        self.raw, self.count = raw, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
-        data = self.raw.read(len(buf))
-        buf[: len(data)] = data
-        self.count += len(data)
-        return len(data)
+def _read_exact(read: Callable[[int], bytes], size: int) -> bytes:
+    """`size` bytes, or fewer only at the end of the stream (pipes may return short reads)."""
+    data = read(size)
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def _tar_members(url: str, expected_bytes: int | None = None) -> Iterator[tuple[str, str, bytes]]:
@@ -379,14 +381,16 @@ def _tar_members(url: str, expected_bytes: int | None = None) -> Iterator[tuple[
 
     A small reader of its own instead of tarfile's stream mode, which costs ~20% of FLAC decoding
     time in per-record Python calls (benchmarks/bench_loader.py): ustar headers, with GNU long names
-    and pax `path` records for tars written by other tools.
+    and pax `path` records for tars written by other tools. Local shards are read unbuffered, one
+    read per member straight into its bytes object (a buffered reader would copy everything twice);
+    the previous member's padding and the next header come in one read.
     """
-    with _open_url(url) as handle:
-        counted = _CountingReader(handle)
-        stream = io.BufferedReader(counted, buffer_size=1 << 20)
-        long_name = None
+    with (_open_url(url) if REMOTE.match(url) else open(url, "rb", buffering=0)) as handle:
+        read, count, skip, long_name = handle.read, 0, 0, None
         while True:
-            header = stream.read(512)
+            block = _read_exact(read, skip + 512)
+            count += len(block)
+            header = block[skip:]
             if len(header) < 512:
                 if header:
                     raise tarfile.ReadError("truncated header")
@@ -396,10 +400,11 @@ def _tar_members(url: str, expected_bytes: int | None = None) -> Iterator[tuple[
             if sum(header[:148]) + 8 * 32 + sum(header[156:]) != _octal(header[148:156]):
                 raise tarfile.ReadError("bad header checksum")
             size, kind = _octal(header[124:136]), header[156:157]
-            data = stream.read(size)
+            data = _read_exact(read, size)
+            count += len(data)
             if len(data) != size:
                 raise tarfile.ReadError("member truncated")
-            stream.read(-size % 512)
+            skip = -size % 512
             if kind in (b"L", b"x"):  # the next member's long name (GNU) or extended header (pax)
                 long_name = _pax_path(data) if kind == b"x" else data.rstrip(b"\0").decode("utf-8")
                 continue
@@ -408,10 +413,10 @@ def _tar_members(url: str, expected_bytes: int | None = None) -> Iterator[tuple[
             if kind in (b"0", b"\0", b"7"):
                 key, _, ext = os.path.basename(name).partition(".")
                 yield key, ext, data
-        while stream.read(1 << 20):  # the end-of-archive padding
-            pass
-        if expected_bytes is not None and counted.count < expected_bytes:
-            raise tarfile.ReadError(f"truncated: {counted.count} of {expected_bytes} bytes")
+        while block := read(1 << 20):  # the end-of-archive padding
+            count += len(block)
+        if expected_bytes is not None and count < expected_bytes:
+            raise tarfile.ReadError(f"truncated: {count} of {expected_bytes} bytes")
 
 
 def _octal(field: bytes) -> int:
@@ -462,10 +467,18 @@ def _pcm16_wav_view(data: bytes) -> np.ndarray | None:
 
 
 def _decode(data: bytes) -> np.ndarray:
+    """int16 mono samples of one member: WAV as a view, mono 16-bit FLAC with w2v.flac (1.7x
+    libsndfile), anything else through soundfile."""
     view = _pcm16_wav_view(data)
     if view is not None:
         return view
-    wave, sr = sf.read(io.BytesIO(data), dtype="int16")
+    if data[:4] == b"fLaC":
+        try:
+            wave, sr = decode_flac(data)
+        except UnsupportedFlac:
+            wave, sr = sf.read(io.BytesIO(data), dtype="int16")
+    else:
+        wave, sr = sf.read(io.BytesIO(data), dtype="int16")
     if sr != SAMPLE_RATE:
         raise ValueError(f"sample rate {sr}, expected {SAMPLE_RATE}")
     return wave if wave.ndim == 1 else wave.mean(axis=1).astype(np.int16)
@@ -542,13 +555,14 @@ class _Batcher:
             waves = [np.zeros(SAMPLE_RATE, np.int16)]
             labels = None if labels is None else [np.full(1, -100, np.int64)]
         values, _ = normalize_and_pad(waves, with_mask=False)
-        lengths = torch.tensor([len(w) for w in waves], dtype=torch.int64)
+        sizes = [len(w) for w in waves]
+        lengths = torch.tensor(sizes, dtype=torch.int64)
         batch["input_values"] = torch.from_numpy(values)
         batch["input_lengths"] = lengths
         if self.cfg.return_attention_mask:
             # bool, from the lengths: a quarter of the bytes of an int32 mask written sample by sample
             # (the model only sums it and compares it); equal to the HF mask as integers
-            batch["attention_mask"] = torch.arange(values.shape[1]) < lengths[:, None]
+            batch["attention_mask"] = torch.from_numpy(attention_mask_from_lengths(sizes, values.shape[1]))
         if labels is not None:
             batch["labels"] = torch.from_numpy(pad_labels(labels))
         batch["keys"] = [table.shards[table.shard_of[i]].keys[table.local[i]] for i in ids]
@@ -641,15 +655,16 @@ class SpeechLoader:
         remaining = [p.num_batches - c for p, c in zip(plans, self.consumed, strict=True)]
         # the canonical order: round-robin over workers by batch index, whatever DataLoader delivers
         expected = sorted(((c + k, w) for w, c in enumerate(self.consumed) for k in range(remaining[w])))
-        loader = torch.utils.data.DataLoader(
-            _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
-            persistent_workers=False, prefetch_factor=4 if self.cfg.num_workers else None,
-            multiprocessing_context="fork" if self.cfg.num_workers else None,
-            # its own generator: creating the iterator must not draw from the global torch RNG, or
-            # a resumed run (new iterator mid-epoch) would see other dropout masks than an uninterrupted one
-            generator=torch.Generator().manual_seed(self.cfg.seed))
+        if self.cfg.num_workers == 0:  # in process: no DataLoader, whose per-batch conversion walks every key
+            source = iter(_EpochStream(self))
+        else:
+            source = iter(torch.utils.data.DataLoader(
+                _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
+                persistent_workers=False, prefetch_factor=4, multiprocessing_context="fork",
+                # its own generator: creating the iterator must not draw from the global torch RNG, or
+                # a resumed run (new iterator mid-epoch) would see other dropout masks than an uninterrupted one
+                generator=torch.Generator().manual_seed(self.cfg.seed)))
         held: dict[tuple[int, int], dict] = {}
-        source = iter(loader)
         for index, worker in expected:
             start = time.perf_counter()
             while (worker, index) not in held:

@@ -1,0 +1,118 @@
+"""The numba FLAC decoder against libsndfile, on streams from three encoders and many settings."""
+
+import io
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from w2v.flac import UnsupportedFlac, _streaminfo, decode_flac
+from w2v.synth import speak
+
+pytestmark = pytest.mark.skipif(not (shutil.which("flac") and shutil.which("ffmpeg")),
+                                reason="needs the flac and ffmpeg command-line tools (make setup installs them)")
+
+SR = 16000
+
+
+def _signals(tmp_path) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    speech, rate = sf.read(str(speak("Seven quiet ships sailed north before the storm.", tmp_path / "s.wav")),
+                           dtype="int16")
+    t = np.arange(3 * SR) / SR
+    noise = rng.integers(-32768, 32768, 20000).astype(np.int16)
+    return {
+        "speech": speech,  # espeak's own rate: the frame headers carry it
+        "quiet_speech": (speech // 200).astype(np.int16),
+        "white_noise": noise,  # verbatim subframes and escaped partitions
+        "silence": np.zeros(9000, np.int16),  # constant subframes
+        "dc": np.full(5000, -1234, np.int16),
+        "tone": (12000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16),
+        "wasted_bits": (rng.integers(-500, 500, 12000) << 5).astype(np.int16),
+        "extremes": np.tile(np.array([-32768, 32767], np.int16), 3000),  # long unary codes
+        "one_sample": np.array([77], np.int16),
+        "short": (speech[:100]),
+    }
+
+
+ENCODERS = {
+    "libsndfile": None,
+    "flac -0": ["-0"],
+    "flac -5": ["-5"],
+    "flac -8 -e -p": ["-8", "-e", "-p"],
+    "flac lpc 32": ["--lax", "-l", "32", "-b", "4096"],
+    "flac blocksize 192": ["-b", "192"],
+    "flac blocksize 16384 r8": ["--lax", "-b", "16384", "-r", "8"],
+    "ffmpeg 12": ["-compression_level", "12"],
+    "ffmpeg 0": ["-compression_level", "0"],
+    "ffmpeg cholesky exact rice": ["-lpc_type", "cholesky", "-exact_rice_parameters", "1",
+                                   "-prediction_order_method", "search", "-max_prediction_order", "32"],
+}
+
+
+def _encode(wave: np.ndarray, rate: int, encoder: str, tmp_path) -> bytes:
+    wav, out = tmp_path / "in.wav", tmp_path / "out.flac"
+    out.unlink(missing_ok=True)
+    sf.write(str(wav), wave, rate, subtype="PCM_16")
+    args = ENCODERS[encoder]
+    if args is None:
+        buf = io.BytesIO()
+        sf.write(buf, wave, rate, format="FLAC", subtype="PCM_16")
+        return buf.getvalue()
+    if encoder.startswith("flac"):
+        cmd = ["flac", "-s", "-f", *args, str(wav), "-o", str(out)]
+    else:
+        cmd = ["ffmpeg", "-v", "error", "-y", "-i", str(wav), "-c:a", "flac", *args, str(out)]
+    subprocess.run(cmd, check=True)
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def signals(tmp_path_factory):
+    return _signals(tmp_path_factory.mktemp("flac"))
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+def test_decode_equals_libsndfile(encoder, signals, tmp_path):
+    for name, wave in signals.items():
+        rate = 22050 if name in ("speech", "quiet_speech", "short") else SR
+        data = _encode(wave, rate, encoder, tmp_path)
+        ours, our_rate = decode_flac(data)
+        ref, ref_rate = sf.read(io.BytesIO(data), dtype="int16")
+        assert our_rate == ref_rate == rate, (encoder, name)
+        assert ours.dtype == np.int16
+        np.testing.assert_array_equal(ours, ref, err_msg=f"{encoder} / {name}")
+        np.testing.assert_array_equal(ours, wave, err_msg=f"{encoder} / {name} is not lossless")
+
+
+def test_other_layouts_are_unsupported_not_wrong(tmp_path):
+    stereo, deep = io.BytesIO(), io.BytesIO()
+    sf.write(stereo, np.zeros((1000, 2), np.int16), SR, format="FLAC", subtype="PCM_16")
+    sf.write(deep, np.zeros(1000, np.int32), SR, format="FLAC", subtype="PCM_24")
+    for data in (stereo.getvalue(), deep.getvalue()):
+        with pytest.raises(UnsupportedFlac):
+            decode_flac(data)
+    with pytest.raises(ValueError, match="not a FLAC"):
+        decode_flac(b"RIFF" + bytes(100))
+
+
+def test_damage_is_an_error_never_noise_or_a_crash(signals, tmp_path):
+    """Flipped bytes anywhere after the header, and truncation at any point, must raise (the
+    frame CRCs catch what the structure does not), and never read out of bounds."""
+    data = _encode(signals["speech"], 22050, "flac -5", tmp_path)
+    first_frame = _streaminfo(data)[0]
+    rng = np.random.default_rng(1)
+    for pos in rng.integers(first_frame, len(data), 150):
+        damaged = bytearray(data)
+        damaged[pos] ^= 1 << int(rng.integers(8))
+        with pytest.raises(ValueError):
+            decode_flac(bytes(damaged))
+    for end in [first_frame + 1, *rng.integers(first_frame, len(data) - 1, 50)]:
+        with pytest.raises(ValueError):
+            decode_flac(data[:end])
+    for _ in range(100):  # random garbage after a valid header: errors, not crashes
+        garbage = data[:first_frame] + b"\xff\xf8" + rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+        with pytest.raises(ValueError):
+            decode_flac(garbage)
