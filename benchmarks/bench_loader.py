@@ -10,7 +10,11 @@
   `DataCollatorCTCWithPadding` (the HF example's), batches of 8.
 - `soundfile_hf`: WebDataset reading, soundfile decoding from bytes, then the same HF extractor and
   collator.
-- `decode_only`: reading the tar and soundfile-decoding every utterance, nothing else: the floor.
+- `decode_only`: reading the tar (WebDataset) and soundfile-decoding every utterance, nothing else:
+  the floor of any soundfile-based loader.
+- `decode_only_w2v`: the loader's own tar reader and decoder (w2v.flac for FLAC, a zero-copy view
+  for WAV), nothing else: the floor of `ours`, so `ours / decode_only_w2v` is the share of time
+  spent decoding, and the rest is everything else (planning, normalising, padding, masks, labels).
 
 Then the normalise+pad kernel alone against the HF feature extractor and a numpy loop
 (benchmarks/bench_padding.py). Speech of 6–10 s per utterance (espeak-ng), cached in --work.
@@ -37,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from w2v.baselines import DataCollatorCTCWithPadding  # noqa: E402
 from w2v.corpus import open_corpus  # noqa: E402
-from w2v.data import LoaderConfig, SpeechLoader  # noqa: E402
+from w2v.data import LoaderConfig, SpeechLoader, _decode, _tar_members  # noqa: E402
 from w2v.sharding import ShardOptions, make_shards  # noqa: E402
 from w2v.synth import speak  # noqa: E402
 from w2v.text import Vocabulary  # noqa: E402
@@ -129,8 +133,21 @@ def run_decode_only(shards: Path) -> float:
     return audio / (time.perf_counter() - start)
 
 
+def run_decode_only_w2v(shards: Path) -> float:
+    audio, start = 0.0, time.perf_counter()
+    for url in sorted(shards.glob("*.tar")):
+        for _key, ext, data in _tar_members(str(url)):
+            if ext != "json":
+                audio += len(_decode(data)) / 16000
+    return audio / (time.perf_counter() - start)
+
+
 def _codec(shards: Path) -> str:
     return json.loads((shards / "index.json").read_text())["codec"]
+
+
+def _verdict(ratio: float, target: float | None) -> str:
+    return f"{ratio:.2f} (no target)" if target is None else f"{ratio:.2f} {'yes' if ratio >= target else 'NO'}"
 
 
 def main() -> int:
@@ -160,6 +177,7 @@ def main() -> int:
         "stock": lambda: run_hf(shards, vocab, processor, stock=True),
         "soundfile_hf": lambda: run_hf(shards, vocab, processor, stock=False),
         "decode_only": lambda: run_decode_only(shards),
+        "decode_only_w2v": lambda: run_decode_only_w2v(shards),
     }
     best = {name: 0.0 for name in paths}
     for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits every path
@@ -167,13 +185,19 @@ def main() -> int:
             best[name] = max(best[name], fn())
     results = {name: {"audio_seconds_per_second": rate} for name, rate in best.items()}
     floor = results["decode_only"]["audio_seconds_per_second"]
+    own_floor = results["decode_only_w2v"]["audio_seconds_per_second"]
     print(f"\nshards → batches, one core, {args.codec.upper()} shards, {index['total_seconds'] / 60:.1f} min of "
           f"audio, {index['num_samples']} utterances of {index['total_seconds'] / index['num_samples']:.1f} s:")
-    print(f"{'path':14} {'audio-s/s':>10} {'ours ×':>8} {'% of decode_only':>17}")
+    print(f"{'path':16} {'audio-s/s':>10} {'ours ×':>8} {'% of decode_only':>17} {'% of decode_only_w2v':>21}")
     ours = results["ours"]["audio_seconds_per_second"]
     for name, r in results.items():
         rate = r["audio_seconds_per_second"]
-        print(f"{name:14} {rate:10.0f} {ours / rate:8.2f} {100 * rate / floor:16.0f}%")
+        print(f"{name:16} {rate:10.0f} {ours / rate:8.2f} {100 * rate / floor:16.0f}% {100 * rate / own_floor:20.0f}%")
+    stock, sf_hf = (results[k]["audio_seconds_per_second"] for k in ("stock", "soundfile_hf"))
+    targets = ((3.0, 1.8, 0.9) if args.codec == "flac" else (None, 8.0, None))
+    print(f"targets ({args.codec}): ours >= {targets[0] or '-'}x stock: {_verdict(ours / stock, targets[0])}; "
+          f">= {targets[1]}x soundfile_hf: {_verdict(ours / sf_hf, targets[1])}; "
+          f">= 90% of decode_only: {_verdict(ours / floor, targets[2])}")
     print(f"(ours: building the loader and planning the epoch took {setup['setup_seconds']:.3f} s, apart)")
     out = {**results, "codec": args.codec, "audio_seconds": index["total_seconds"],
            "ours_setup_seconds": setup["setup_seconds"]}

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-__all__ = ["normalize_and_pad", "pad_labels"]
+__all__ = ["attention_mask_from_lengths", "normalize_and_pad", "pad_labels"]
 
 _EPS = 1e-7  # the feature extractor's variance epsilon: a silent utterance stays all zeros
 _INT16_SCALE = 1.0 / 32768.0
@@ -146,6 +146,19 @@ def normalize_and_pad(
     mask = _output(mask_out, np.int32, n.size, width if with_mask else 0)
     _pad_flat(flat, n, _INT16_SCALE if flat.dtype == np.int16 else 1.0, values, mask)
     return values, mask if with_mask else None
+
+
+def attention_mask_from_lengths(lengths: Sequence[int] | np.ndarray, width: int) -> np.ndarray:
+    """bool ``[B, width]``: True on each row's first ``lengths[i]`` samples.
+
+    Two memsets per row: ~15x faster than ``torch.arange(width) < lengths[:, None]``, which
+    materialises an int64 ramp and compares element by element (benchmarks/bench_loader.py).
+    """
+    mask = np.empty((len(lengths), width), dtype=np.bool_)
+    for row, n in enumerate(lengths):
+        mask[row, :n] = True
+        mask[row, n:] = False
+    return mask
 
 
 @numba.njit(cache=True)
