@@ -116,3 +116,83 @@ def test_damage_is_an_error_never_noise_or_a_crash(signals, tmp_path):
         garbage = data[:first_frame] + b"\xff\xf8" + rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
         with pytest.raises(ValueError):
             decode_flac(garbage)
+
+
+# Hand-made streams (a tiny bit writer) for damage that keeps every CRC valid.
+
+
+def _crc(data: bytes, poly: int, width: int) -> int:
+    crc, top, mask = 0, 1 << (width - 1), (1 << width) - 1
+    for byte in data:
+        crc ^= byte << (width - 8)
+        for _ in range(8):
+            crc = ((crc << 1) ^ poly) & mask if crc & top else (crc << 1) & mask
+    return crc
+
+
+class _Bits:
+    def __init__(self):
+        self.bits: list[int] = []
+
+    def put(self, value: int, n: int) -> "_Bits":
+        self.bits += [(value >> i) & 1 for i in range(n - 1, -1, -1)]
+        return self
+
+    def unary(self, q: int) -> "_Bits":
+        self.bits += [0] * q + [1]
+        return self
+
+    def bytes(self) -> bytes:
+        self.bits += [0] * (-len(self.bits) % 8)
+        return np.packbits(np.array(self.bits, np.uint8)).tobytes()
+
+
+def _stream(total: int, samples: int, subframe: _Bits) -> bytes:
+    """fLaC + STREAMINFO declaring `total` samples + one mono 16-bit frame of `samples` samples
+    (block size code 7: 16-bit size in the header) with the given subframe bits, CRCs valid."""
+    info = _Bits().put(16, 16).put(65535, 16).put(0, 48).put(SR, 20).put(0, 3).put(15, 5).put(total, 36).bytes()
+    head = bytes([0xFF, 0xF8, 0x70, 0x08, 0x00]) + (samples - 1).to_bytes(2, "big")
+    head += bytes([_crc(head, 0x07, 8)])
+    frame = head + subframe.bytes()
+    return b"fLaC" + bytes([0x80, 0, 0, 34]) + info + bytes(16) + frame + _crc(frame, 0x8005, 16).to_bytes(2, "big")
+
+
+def _fixed1_rice(warmup: int, residuals: list[int], k: int) -> _Bits:
+    bits = _Bits().put(0, 1).put(9, 6).put(0, 1).put(warmup & 0xFFFF, 16)  # FIXED order 1, warm-up
+    bits.put(1, 2).put(0, 4).put(k, 5)  # Rice method 1 (5-bit parameters), one partition
+    for r in residuals:
+        u = 2 * r if r >= 0 else -2 * r - 1
+        bits.unary(u >> k).put(u & ((1 << k) - 1), k)
+    return bits
+
+
+def test_crafted_stream_decodes():
+    assert decode_flac(_stream(4, 4, _fixed1_rice(1000, [5, -3, 2], 4)))[0].tolist() == [1000, 1005, 1002, 1004]
+
+
+def test_samples_beyond_16_bits_are_damage_not_wrapped():
+    """CRC-valid, but FIXED prediction runs past 32767: libFLAC rejects it, so must we."""
+    with pytest.raises(ValueError, match="16 bits"):
+        decode_flac(_stream(8, 8, _fixed1_rice(32700, [20] * 7, 5)))
+
+
+def test_residuals_beyond_32_bits_are_damage():
+    with pytest.raises(ValueError):
+        decode_flac(_stream(4, 4, _fixed1_rice(0, [(1 << 32) + 5, 1, 2], 30)))
+
+
+def test_an_impossible_sample_count_is_an_error_not_a_huge_allocation():
+    with pytest.raises(ValueError, match="declares"):
+        decode_flac(_stream((1 << 36) - 1, 4, _fixed1_rice(1000, [5, -3, 2], 4)))
+
+
+def test_a_damaged_frame_header_is_damage_not_unsupported(signals, tmp_path):
+    """A flipped channel bit in a later frame's header fails its CRC-8: an error, never the
+    soundfile fallback (which would decode the other frames and hide the damage)."""
+    data = _encode(signals["speech"], 22050, "libsndfile", tmp_path)
+    second = data.index(b"\xff\xf8", _streaminfo(data)[0] + 10)
+    damaged = bytearray(data)
+    damaged[second + 3] |= 0x10
+    with pytest.raises(ValueError) as err:
+        decode_flac(bytes(damaged))
+    assert not isinstance(err.value, UnsupportedFlac)

@@ -184,6 +184,8 @@ def _residual(data, pos, limit, out, start, blocksize, order):
                 w = _peek(data, pos)
                 avail = 64 - (pos & 7)
             u = (q << k) | v
+            if u > 0xFFFFFFFF:  # a residual outside 32 bits (RFC 9639): damage, not a value
+                return -1
             out[i] = (u >> 1) ^ -(u & 1)
             i += 1
     return pos
@@ -373,8 +375,6 @@ def _frames(data, pos, nbytes, total, out, crc8, crc16, block_sizes):
         channels, code_bps = data[pos + 3] >> 4, (data[pos + 3] >> 1) & 0x07
         if code_bs == 0 or code_sr == 15 or code_bps == 3 or (data[pos + 3] & 1):
             return _BAD_HEADER, done
-        if channels != 0 or (code_bps != 0 and code_bps != 4):
-            return _UNSUPPORTED, done
         pos += 4
         first = data[pos]  # the UTF-8-style coded frame or sample number: skip it
         extra = 0
@@ -393,6 +393,8 @@ def _frames(data, pos, nbytes, total, out, crc8, crc16, block_sizes):
             return _OVERRUN, done
         if _crc8(data, start, pos, crc8) != data[pos]:
             return _HEADER_CRC, done
+        if channels != 0 or (code_bps != 0 and code_bps != 4):
+            return _UNSUPPORTED, done
         pos += 1
         if done + blocksize > total:
             return _OVERRUN, done
@@ -439,6 +441,8 @@ def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
     pos, rate, channels, bps, total = _streaminfo(data)
     if channels != 1 or bps != 16 or total == 0:
         raise UnsupportedFlac(f"{channels} channel(s), {bps} bits, {total} samples declared")
+    if total > 5042 * (len(data) - pos):  # a frame holds at most 65536 samples in >= 13 bytes
+        raise ValueError(f"FLAC header declares {total} samples, more than {len(data)} bytes can hold")
     buf = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)  # zeros: reads near the end stay in bounds
     out = np.empty(total, dtype=np.int32)
     status, done = _frames(buf, pos, len(data), total, out, _CRC8, _CRC16, _BLOCK_SIZES)
@@ -448,4 +452,6 @@ def decode_flac(data: bytes) -> tuple[np.ndarray, int]:
         raise ValueError(f"damaged FLAC stream after {done} of {total} samples: {_ERRORS[status]}")
     if done != total:
         raise ValueError(f"FLAC stream ends after {done} of its {total} samples")
+    if out.min() < -32768 or out.max() > 32767:  # libFLAC reports this as a frame CRC error
+        raise ValueError("damaged FLAC stream: decoded samples exceed 16 bits")
     return out.astype(np.int16), rate
