@@ -16,6 +16,9 @@
   for WAV), nothing else: the floor of `ours`, so `ours / decode_only_w2v` is the share of time
   spent decoding, and the rest is everything else (planning, normalising, padding, masks, labels).
 
+For FLAC, also the decoders alone on the members held in memory (no tar reading): soundfile
+(libsndfile) against w2v.flac, interleaved, best of 5.
+
 Then the normalise+pad kernel alone against the HF feature extractor and a numpy loop
 (benchmarks/bench_padding.py). Speech of 6–10 s per utterance (espeak-ng), cached in --work.
 """
@@ -142,6 +145,21 @@ def run_decode_only_w2v(shards: Path) -> float:
     return audio / (time.perf_counter() - start)
 
 
+def compare_flac_decoders(shards: Path, repeats: int = 5) -> dict:
+    from w2v.flac import decode_flac
+
+    members = [data for url in sorted(shards.glob("*.tar")) for _k, ext, data in _tar_members(str(url))
+               if ext == "flac"]
+    decoders = {"soundfile": lambda b: sf.read(io.BytesIO(b), dtype="int16")[0], "w2v_flac": lambda b: decode_flac(b)[0]}
+    best = {name: 0.0 for name in decoders}
+    for _ in range(repeats):
+        for name, fn in decoders.items():
+            start = time.perf_counter()
+            samples = sum(len(fn(b)) for b in members)
+            best[name] = max(best[name], samples / 16000 / (time.perf_counter() - start))
+    return {name: {"audio_seconds_per_second": rate} for name, rate in best.items()}
+
+
 def _codec(shards: Path) -> str:
     return json.loads((shards / "index.json").read_text())["codec"]
 
@@ -201,6 +219,11 @@ def main() -> int:
     print(f"(ours: building the loader and planning the epoch took {setup['setup_seconds']:.3f} s, apart)")
     out = {**results, "codec": args.codec, "audio_seconds": index["total_seconds"],
            "ours_setup_seconds": setup["setup_seconds"]}
+    if args.codec == "flac":
+        out["flac_decoders"] = decoders = compare_flac_decoders(shards)
+        lib, ours_dec = (decoders[k]["audio_seconds_per_second"] for k in ("soundfile", "w2v_flac"))
+        print(f"FLAC decoding alone, members in memory: soundfile {lib:.0f}, w2v.flac {ours_dec:.0f} audio-s/s "
+              f"({ours_dec / lib:.2f}x)")
     # the normalise+pad kernel alone vs the HF feature extractor and a numpy loop
     kernel_json = Path(args.work) / "padding.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_padding.py"), "--json", str(kernel_json)],
