@@ -287,6 +287,7 @@ class LogWindow:
         self.tokens = 0
         self.audio = 0.0
         self.padded = 0.0
+        self.updates = 0
         self.start = time.perf_counter()
         self.wait0 = self.loader.wait_seconds
 
@@ -296,6 +297,7 @@ class LogWindow:
             self.tokens += tokens
         self.audio += sum(b["audio_seconds"] for b in window)
         self.padded += sum(b["padded_seconds"] for b in window)
+        self.updates += 1
 
     def flush(self, accelerator: Accelerator, update: int, scheduler, grad_norm, counters: dict) -> dict:
         sums = accelerator.reduce(torch.tensor([self.loss, self.tokens, self.audio, self.padded],
@@ -309,12 +311,15 @@ class LogWindow:
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "loss_scale": accelerator.scaler.get_scale() if accelerator.scaler is not None else 1.0,
             "audio_seconds_per_second": sums[2] / max(elapsed, 1e-9),
+            "updates_per_second": self.updates / max(elapsed, 1e-9),
             "padding_percent": 100.0 * (1 - sums[2] / sums[3]) if sums[3] else 0.0,
             "loader_wait_seconds": self.loader.wait_seconds - self.wait0,
             "epoch": self.loader.epoch,
             "drops": diagnostics["drops"],
             **counters,
         }
+        if torch.cuda.is_available():  # this rank's peak since the start: what decides an OOM
+            record["peak_memory_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
         self.reset()
         return record
 

@@ -82,7 +82,11 @@ def run_ours(shards: Path, work: Path, args) -> dict:
     steady = [r for r in records if "audio_seconds_per_second" in r and r["update"] > args.steps // 10]
     rate = float(np.mean([r["audio_seconds_per_second"] for r in steady]))
     padding = float(np.mean([r["padding_percent"] for r in steady]))
-    return {"audio_seconds_per_second": rate, "padding_percent": padding, "wall_seconds": wall}
+    result = {"audio_seconds_per_second": rate, "padding_percent": padding, "wall_seconds": wall,
+              "steps_per_second": float(np.mean([r["updates_per_second"] for r in steady]))}
+    if "peak_memory_gib" in records[-1]:
+        result["peak_memory_gib"] = records[-1]["peak_memory_gib"]
+    return result
 
 
 class CountingCollator(DataCollatorCTCWithPadding):
@@ -145,11 +149,17 @@ def run_hf(shards: Path, work: Path, args) -> dict:
         fp16=args.device == "cuda", use_cpu=args.device == "cpu", disable_tqdm=True)
     trainer = Trainer(model=model, args=training, train_dataset=features, data_collator=CountingCollator(processor, seen),
                       processing_class=extractor, callbacks=[Clock()])
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train()
     end = time.perf_counter()
-    return {"audio_seconds_per_second": seen["audio"] / (end - seen["start"]), "batch_size": batch_size,
-            "wall_seconds": end - start, "longest_utterance": float(max(durations))}
+    result = {"audio_seconds_per_second": seen["audio"] / (end - seen["start"]), "batch_size": batch_size,
+              "wall_seconds": end - start, "longest_utterance": float(max(durations)),
+              "steps_per_second": (args.steps - args.steps // 10) / (end - seen["start"])}
+    if args.device == "cuda":
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return result
 
 
 def main() -> int:
@@ -159,22 +169,30 @@ def main() -> int:
     p.add_argument("--model", default="demo", help="demo (3.6 M) | tiny | base (wav2vec2-base shape)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--max-batch-seconds", type=float, default=40.0)
-    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "w2v-bench-train"))
+    p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "w2v-bench-train"),
+                   help="cache of the corpus and shards (make them here and carry them to a machine without espeak-ng)")
     p.add_argument("--json", default=None)
+    p.add_argument("--prepare-only", action="store_true", help="make the corpus and shards in --work, then stop")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     shards = make_data(work, args.utterances)
+    if args.prepare_only:
+        print(f"shards ready: {shards}")
+        return 0
     results = {"ours": run_ours(shards, work, args), "hf_trainer": run_hf(shards, work, args)}
-    if args.device == "cuda":
-        results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     ours, hf = results["ours"]["audio_seconds_per_second"], results["hf_trainer"]["audio_seconds_per_second"]
     print(f"\ntraining, {args.model} model, {args.device}, {args.steps} updates, cap {args.max_batch_seconds:g} "
           "padded seconds per batch:")
-    print(f"{'path':12} {'audio-s/s':>10} {'× HF':>6}  notes")
-    print(f"{'ours':12} {ours:10.1f} {ours / hf:6.2f}  padding {results['ours']['padding_percent']:.1f}%")
-    print(f"{'hf_trainer':12} {hf:10.1f} {1.0:6.2f}  batch size {results['hf_trainer']['batch_size']} "
-          f"(longest utterance {results['hf_trainer']['longest_utterance']:.1f} s)")
+    print(f"{'path':12} {'audio-s/s':>10} {'× HF':>6} {'steps/s':>8} {'peak GiB':>9}  notes")
+    for name, r, note in (
+        ("ours", results["ours"], f"padding {results['ours']['padding_percent']:.1f}%"),
+        ("hf_trainer", results["hf_trainer"], f"batch size {results['hf_trainer']['batch_size']} (longest "
+                                               f"utterance {results['hf_trainer']['longest_utterance']:.1f} s)"),
+    ):
+        peak = f"{r['peak_memory_gib']:9.2f}" if "peak_memory_gib" in r else f"{'-':>9}"
+        print(f"{name:12} {r['audio_seconds_per_second']:10.1f} {r['audio_seconds_per_second'] / hf:6.2f} "
+              f"{r['steps_per_second']:8.2f} {peak}  {note}")
     results["ours_vs_hf"] = ours / hf
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
