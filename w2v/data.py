@@ -572,6 +572,21 @@ class _Batcher:
         return batch
 
 
+_kernels_ready = False
+
+
+def _load_kernels() -> None:
+    """Compile or load this process's numba kernels now, before DataLoader forks its workers: they
+    inherit them instead of each loading them from the cache again every epoch."""
+    global _kernels_ready
+    if not _kernels_ready:
+        tiny = io.BytesIO()
+        sf.write(tiny, np.zeros(64, np.int16), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+        decode_flac(tiny.getvalue())
+        normalize_and_pad([np.zeros(8, np.int16)], with_mask=False)
+        _kernels_ready = True
+
+
 class _EpochStream(torch.utils.data.IterableDataset):
     """What each DataLoader worker runs: its plan for (epoch, rank, worker), minus consumed batches."""
 
@@ -658,6 +673,7 @@ class SpeechLoader:
         if self.cfg.num_workers == 0:  # in process: no DataLoader, whose per-batch conversion walks every key
             source = iter(_EpochStream(self))
         else:
+            _load_kernels()
             source = iter(torch.utils.data.DataLoader(
                 _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
                 persistent_workers=False, prefetch_factor=4, multiprocessing_context="fork",
