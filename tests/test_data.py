@@ -129,13 +129,19 @@ def test_resume_yields_exactly_the_remaining_batches(cv_shards, workers):
         loader(shard_dir, vocab, world_size=2, num_workers=workers).load_state_dict(state)
 
 
-def test_truncated_shard_is_skipped_counted_and_ranks_stay_in_step(cv_shards, tmp_path):
-    shard_dir, expected = cv_shards
+def damaged_copy(shard_dir, tmp_path, shard: int):
+    """A copy of the shards, and the path and tar members of the one to damage."""
     broken = tmp_path / "broken"
     shutil.copytree(shard_dir, broken)
-    victim = sorted(broken.glob("*.tar"))[1]
+    victim = sorted(broken.glob("*.tar"))[shard]
     with tarfile.open(victim) as tar:
-        first_two = tar.getmembers()[:2]
+        return broken, victim, tar.getmembers()
+
+
+def test_truncated_shard_is_skipped_counted_and_ranks_stay_in_step(cv_shards, tmp_path):
+    shard_dir, expected = cv_shards
+    broken, victim, members = damaged_copy(shard_dir, tmp_path, 1)
+    first_two = members[:2]
     cut = first_two[-1].offset_data + first_two[-1].size + 700  # keep sample 1, cut into sample 2
     victim.write_bytes(victim.read_bytes()[:cut])
     vocab = vocab_for(shard_dir)
@@ -272,11 +278,8 @@ def test_flac_members_decode_with_w2v_flac_or_soundfile():
 
 def test_a_damaged_member_is_skipped_and_counted(cv_shards, tmp_path):
     shard_dir, expected = cv_shards
-    broken = tmp_path / "damaged"
-    shutil.copytree(shard_dir, broken)
-    victim = sorted(broken.glob("*.tar"))[0]
-    with tarfile.open(victim) as tar:
-        member = next(m for m in tar.getmembers() if m.name.endswith(".flac"))
+    broken, victim, members = damaged_copy(shard_dir, tmp_path, 0)
+    member = next(m for m in members if m.name.endswith(".flac"))
     data = bytearray(victim.read_bytes())
     data[member.offset_data + member.size // 2] ^= 0xFF  # inside the audio: the tar stays valid
     victim.write_bytes(bytes(data))
