@@ -361,7 +361,7 @@ _BLOCK_SIZES = np.array([0, 192, 576, 1152, 2304, 4608, -1, -2, 256, 512, 1024, 
                         dtype=np.int64)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _frames(data, pos, nbytes, total, out, crc8, crc16, block_sizes):
     """Decodes every frame from byte `pos` into out[:total] (int32); returns (status, samples)."""
     coefs = np.zeros(32, dtype=np.int64)

@@ -43,7 +43,7 @@ def _shifted_sums(x):
     return k, s1, s2
 
 
-@numba.njit(cache=True, fastmath=True)
+@numba.njit(cache=True, fastmath=True, nogil=True)
 def _write_row(x, scale, vrow, mrow):
     """Normalise one utterance ``x`` into the padded row ``vrow``; fill the mask row ``mrow``
     unless it is empty (no mask wanted)."""
@@ -65,7 +65,7 @@ def _write_row(x, scale, vrow, mrow):
         mrow[length:] = 0
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _pad_flat(flat, lengths, scale, values, mask):
     start = 0
     for row in range(lengths.shape[0]):
