@@ -686,6 +686,31 @@ def _fnv(word: bytes) -> int:
     return h or 1
 
 
+def _number_end(buf, p):
+    """Where ``DIGITS[.DIGITS][(e|E)[+-]DIGITS]`` starting at buf[p] ends (at least one digit in
+    the mantissa), or -1. Called by _scan_kernel, compiled with it (register_jitable)."""
+    digits = 0
+    while 48 <= buf[p] <= 57:
+        p += 1
+        digits += 1
+    if buf[p] == 46:
+        p += 1
+        while 48 <= buf[p] <= 57:
+            p += 1
+            digits += 1
+    if digits == 0:
+        return -1
+    if buf[p] == 101 or buf[p] == 69:
+        p += 1
+        if buf[p] == 43 or buf[p] == 45:
+            p += 1
+        if not 48 <= buf[p] <= 57:
+            return -1
+        while 48 <= buf[p] <= 57:
+            p += 1
+    return p
+
+
 def _scan_kernel(buf, pos, stop, order, highest, table, insert, targets, state, seen):
     """Compiled with numba: accept whole lines of one section in buf[pos:stop] (stop follows a newline).
 
@@ -707,26 +732,9 @@ def _scan_kernel(buf, pos, stop, order, highest, table, insert, targets, state, 
         p = pos
         # Log probability: '-' and a number, or an exact zero.
         if c == 45:
-            p += 1
-            digits = 0
-            while 48 <= buf[p] <= 57:
-                p += 1
-                digits += 1
-            if buf[p] == 46:
-                p += 1
-                while 48 <= buf[p] <= 57:
-                    p += 1
-                    digits += 1
-            if digits == 0:
+            p = _number_end(buf, p + 1)
+            if p < 0:
                 return pos, lines, 2
-            if buf[p] == 101 or buf[p] == 69:
-                p += 1
-                if buf[p] == 43 or buf[p] == 45:
-                    p += 1
-                if not 48 <= buf[p] <= 57:
-                    return pos, lines, 2
-                while 48 <= buf[p] <= 57:
-                    p += 1
         else:
             if c != 48:
                 return pos, lines, 2
@@ -779,25 +787,9 @@ def _scan_kernel(buf, pos, stop, order, highest, table, insert, targets, state, 
             p += 1
             if buf[p] == 45:
                 p += 1
-            digits = 0
-            while 48 <= buf[p] <= 57:
-                p += 1
-                digits += 1
-            if buf[p] == 46:
-                p += 1
-                while 48 <= buf[p] <= 57:
-                    p += 1
-                    digits += 1
-            if digits == 0:
+            p = _number_end(buf, p)
+            if p < 0:
                 return pos, lines, 2
-            if buf[p] == 101 or buf[p] == 69:
-                p += 1
-                if buf[p] == 43 or buf[p] == 45:
-                    p += 1
-                if not 48 <= buf[p] <= 57:
-                    return pos, lines, 2
-                while 48 <= buf[p] <= 57:
-                    p += 1
             c = buf[p]
         if c != 10:
             return pos, lines, 2
@@ -817,6 +809,9 @@ def _load_kernel():
             import numba
         except ImportError:
             return None
+        from numba.extending import register_jitable
+
+        register_jitable(_number_end)  # compiled with the kernel (LLVM inlines it); stays plain Python
         try:
             _compiled_kernel = numba.njit(cache=True, nogil=True)(_scan_kernel)
         except Exception:  # e.g. no writable cache directory: compile on every run instead
