@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.bench_arpa import NOTES_LOOP  # section 8 of the wav2vec2 notes, verbatim
 from w2v import arpa
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,23 +33,6 @@ def _load_cli():
 
 
 cli = _load_cli()
-
-
-# Section 8 of the wav2vec2 notes, verbatim.
-NOTES_LOOP = """\
-with open ("5gram.arpa", "r") as read_file, open ("5gram_correct.arpa", "w") as write_file:
- has_added_eos = False
- for line in read_file:
-  if not has_added_eos and "ngram 1=" in line:
-   count = line.strip ().split ("=")[-1]
-   write_file.write (line.replace (f"{count}", f"{int (count) + 1}"))
-  elif not has_added_eos and "<s>" in line:
-   write_file.write (line)
-   write_file.write (line.replace ("<s>", "</s>"))
-   has_added_eos = True
-  else:
-   write_file.write (line)
-"""
 
 
 def notes_loop(src: Path, dst: Path) -> None:
