@@ -16,6 +16,10 @@
   for WAV), nothing else: the floor of `ours`, so `ours / decode_only_w2v` is the share of time
   spent decoding, and the rest is everything else (planning, normalising, padding, masks, labels).
 
+With `--workers N`, also `ours` through 0..N DataLoader worker processes (one epoch each, after a
+warm-up epoch): wall audio-s/s, and the CPU time the consuming (training) process spends per
+audio-second, which is what receiving batches through PyTorch's shared memory costs it.
+
 For FLAC, also the decoders alone on the members held in memory (no tar reading): soundfile
 (libsndfile) against w2v.flac, interleaved, best of 5.
 
@@ -145,6 +149,23 @@ def run_decode_only_w2v(shards: Path) -> float:
     return audio / (time.perf_counter() - start)
 
 
+def compare_workers(shards: Path, vocab: Vocabulary, max_workers: int) -> dict:
+    results = {}
+    for workers in range(max_workers + 1):
+        loader = SpeechLoader(shards, LoaderConfig(max_batch_seconds=80, num_workers=workers, shuffle=True),
+                              labeler=vocab.encode)
+        for _ in loader:  # warm-up epoch: worker start, numba cache, page cache
+            pass
+        loader.set_epoch(1)
+        cpu0, audio, start = time.process_time(), 0.0, time.perf_counter()
+        for batch in loader:
+            audio += batch["audio_seconds"]
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        results[str(workers)] = {"audio_seconds_per_second": audio / wall,
+                                 "consumer_cpu_us_per_audio_second": 1e6 * cpu / audio}
+    return results
+
+
 def compare_flac_decoders(shards: Path, repeats: int = 5) -> dict:
     from w2v.flac import decode_flac
 
@@ -175,6 +196,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="best of N runs per path, the paths interleaved")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "w2v-bench-loader"))
     p.add_argument("--json", default=None)
+    p.add_argument("--workers", type=int, default=0, help="also time ours with 0..N DataLoader workers")
     args = p.parse_args()
     torch.set_num_threads(1)
     numba.set_num_threads(1)
@@ -219,6 +241,11 @@ def main() -> int:
     print(f"(ours: building the loader and planning the epoch took {setup['setup_seconds']:.3f} s, apart)")
     out = {**results, "codec": args.codec, "audio_seconds": index["total_seconds"],
            "ours_setup_seconds": setup["setup_seconds"]}
+    if args.workers:
+        out["workers"] = compare_workers(shards, vocab, args.workers)
+        print(f"{'workers':>8} {'audio-s/s':>10} {'consumer CPU us per audio-s':>28}")
+        for n, r in out["workers"].items():
+            print(f"{n:>8} {r['audio_seconds_per_second']:10.0f} {r['consumer_cpu_us_per_audio_second']:28.0f}")
     if args.codec == "flac":
         out["flac_decoders"] = decoders = compare_flac_decoders(shards)
         lib, ours_dec = (decoders[k]["audio_seconds_per_second"] for k in ("soundfile", "w2v_flac"))
