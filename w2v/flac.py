@@ -41,23 +41,30 @@ _ERRORS = {
 }
 
 
-def _crc_tables(poly: int, width: int) -> np.ndarray:
-    """tables[k, b]: the CRC register after byte b followed by k zero bytes, from zero."""
-    tables = np.zeros((8, 256), dtype=np.uint16)
+def _crc_table(poly: int, width: int) -> np.ndarray:
+    """table[b]: the CRC register (MSB first, from zero) after byte b."""
+    table = np.zeros(256, dtype=np.uint16)
     top, mask = 1 << (width - 1), (1 << width) - 1
     for byte in range(256):
         crc = byte << (width - 8)
         for _ in range(8):
             crc = ((crc << 1) ^ poly) if crc & top else (crc << 1)
-        tables[0, byte] = crc & mask
+        table[byte] = crc & mask
+    return table
+
+
+def _slicing_tables(table: np.ndarray) -> np.ndarray:
+    """tables[k, b]: the CRC-16 register after byte b followed by k zero bytes (slicing-by-8)."""
+    tables = np.zeros((8, 256), dtype=np.uint16)
+    tables[0] = table
     for k in range(1, 8):
         prev = tables[k - 1].astype(np.int64)
-        tables[k] = ((prev << 8) & mask) ^ tables[0, prev >> (width - 8)] if width == 16 else tables[0, prev]
+        tables[k] = ((prev << 8) & 0xFFFF) ^ table[prev >> 8]
     return tables
 
 
-_CRC8 = _crc_tables(0x07, 8)
-_CRC16 = _crc_tables(0x8005, 16)
+_CRC8 = _crc_table(0x07, 8)
+_CRC16 = _slicing_tables(_crc_table(0x8005, 16))
 
 
 @intrinsic
@@ -330,7 +337,7 @@ def _subframe(data, pos, limit, out, start, blocksize, bps, coefs):
 def _crc8(data, start, end, table):
     crc = 0
     for i in range(start, end):
-        crc = table[0, crc ^ data[i]]
+        crc = table[crc ^ data[i]]
     return crc
 
 
