@@ -472,12 +472,13 @@ def _decode(data: bytes) -> np.ndarray:
     view = _pcm16_wav_view(data)
     if view is not None:
         return view
+    wave = None
     if data[:4] == b"fLaC":
         try:
             wave, sr = decode_flac(data)
         except UnsupportedFlac:
-            wave, sr = sf.read(io.BytesIO(data), dtype="int16")
-    else:
+            pass
+    if wave is None:
         wave, sr = sf.read(io.BytesIO(data), dtype="int16")
     if sr != SAMPLE_RATE:
         raise ValueError(f"sample rate {sr}, expected {SAMPLE_RATE}")
