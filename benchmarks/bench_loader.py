@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numba
@@ -140,12 +141,18 @@ def run_decode_only(shards: Path) -> float:
     return audio / (time.perf_counter() - start)
 
 
-def run_decode_only_w2v(shards: Path) -> float:
-    audio, start = 0.0, time.perf_counter()
+def audio_members(shards: Path) -> Iterator[bytes]:
+    """The audio members of every shard, read with the loader's own tar reader."""
     for url in sorted(shards.glob("*.tar")):
         for _key, ext, data in _tar_members(str(url)):
             if ext != "json":
-                audio += len(_decode(data)) / 16000
+                yield data
+
+
+def run_decode_only_w2v(shards: Path) -> float:
+    audio, start = 0.0, time.perf_counter()
+    for data in audio_members(shards):
+        audio += len(_decode(data)) / 16000
     return audio / (time.perf_counter() - start)
 
 
@@ -169,8 +176,7 @@ def compare_workers(shards: Path, vocab: Vocabulary, max_workers: int) -> dict:
 def compare_flac_decoders(shards: Path, repeats: int = 5) -> dict:
     from w2v.flac import decode_flac
 
-    members = [data for url in sorted(shards.glob("*.tar")) for _k, ext, data in _tar_members(str(url))
-               if ext == "flac"]
+    members = list(audio_members(shards))
     decoders = {"soundfile": lambda b: sf.read(io.BytesIO(b), dtype="int16")[0], "w2v_flac": lambda b: decode_flac(b)[0]}
     best = {name: 0.0 for name in decoders}
     for _ in range(repeats):
