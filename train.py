@@ -27,9 +27,11 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
+from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
 from w2v.config import TrainConfig, parse_config
-from w2v.data import LoaderConfig, SpeechLoader, resolve_shards
-from w2v.decode import greedy_decode
+from w2v.data.index import resolve_shards
+from w2v.data.loader import LoaderConfig, SpeechLoader
+from w2v.lm.decode import greedy_decode
 from w2v.metrics import ErrorCounts
 from w2v.model import ConfigError, CTCModel, build_processor, load_model, wants_attention_mask
 from w2v.schedule import make_scheduler
@@ -56,9 +58,7 @@ def main(cfg: TrainConfig) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
 
     # ---------------------------------------------------------------- vocabulary (built once, on rank 0)
-    normalizer = TextNormalizer(lower=cfg.lower_case, **({"chars_to_ignore": cfg.chars_to_ignore}
-                                                          if cfg.chars_to_ignore is not None else {}),
-                                **({"replacements": cfg.replacements} if cfg.replacements is not None else {}))
+    normalizer = TextNormalizer.from_config(cfg.to_dict())
     vocab_file = out / "vocab.json"
     with accelerator.main_process_first():
         if main_proc:
@@ -80,15 +80,9 @@ def main(cfg: TrainConfig) -> None:
 
     # ---------------------------------------------------------------- data
     def make_loader(shards: str, index: str | None, train: bool) -> SpeechLoader:
-        loader_cfg = LoaderConfig(
-            max_batch_seconds=cfg.max_batch_seconds if train else (cfg.eval_max_batch_seconds or cfg.max_batch_seconds),
-            max_batch_size=cfg.max_batch_size, num_buckets=cfg.num_buckets, shuffle=train,
-            shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, min_duration=cfg.min_duration if train else None,
-            max_duration=cfg.max_duration if train else None, return_attention_mask=use_mask,
-            num_workers=cfg.dataloader_num_workers)
-        return SpeechLoader(shards, loader_cfg, labeler=vocab.encode, rank=accelerator.process_index,
-                            world_size=accelerator.num_processes, conv_kernel=conv[0], conv_stride=conv[1],
-                            index=index)
+        return SpeechLoader(shards, loader_config(cfg, train, use_mask), labeler=vocab.encode,
+                            rank=accelerator.process_index, world_size=accelerator.num_processes,
+                            conv_kernel=conv[0], conv_stride=conv[1], index=index)
 
     train_loader = make_loader(cfg.train_shards, cfg.train_index, train=True)
     eval_loader = make_loader(cfg.eval_shards, cfg.eval_index, train=False) if cfg.eval_shards else None
@@ -146,27 +140,12 @@ def main(cfg: TrainConfig) -> None:
             last = i == len(window) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(ctc_model):
                 batch_loss = ctc_loss_sum(ctc_model, batch, vocab.pad_id, accelerator, train_encoder)
-                if update == cfg.debug_inject_nan_update and accelerator.is_main_process:
-                    batch_loss = batch_loss * float("nan")
                 # DDP averages gradients over ranks; × world size turns that into a plain sum
                 accelerator.backward(batch_loss * accelerator.num_processes / max(tokens, 1))
             loss_sum += batch_loss.detach()
-        # a non-finite loss anywhere skips the update everywhere (every rank sees the same flag)
-        bad = accelerator.reduce((~torch.isfinite(loss_sum)).float(), "sum").item() > 0
-        if update == 0 and cfg.debug_dump_gradients and main_proc:
-            dump_gradients(ctc_model, accelerator, cfg.debug_dump_gradients)
-        grad_norm = accelerator.clip_grad_norm_(ctc_model.parameters(), cfg.max_grad_norm) if not bad else None
-        if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.scaler is None:
-            bad = True
-        if bad:
-            counters["skipped_nonfinite"] += 1
-        else:
-            optimizer.step()
-            if optimizer.step_was_skipped:  # fp16 overflow: the scaler skipped it and lowered the scale
-                counters["skipped_overflow"] += 1
-            else:
-                scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        outcome, grad_norm = optimizer_step(accelerator, ctc_model, optimizer, scheduler, loss_sum, cfg.max_grad_norm)
+        if outcome != "stepped":
+            counters[f"skipped_{outcome}"] += 1
         update += 1
         bar.update(1)
         window_log.add(window, loss_sum, local_tokens)
@@ -186,14 +165,7 @@ def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- the end: a Hugging Face folder
     accelerator.wait_for_everyone()
     if main_proc:
-        final = out / "final"
-        tmp = out / "final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(ctc_model).model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        normalizer.save(tmp)  # tools/evaluate.py normalises references exactly as training did
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        final = save_final(accelerator.unwrap_model(ctc_model).model, processor, normalizer, out)
         say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")
         metrics_file.close()
     if counters["skipped_nonfinite"] or counters["skipped_overflow"]:  # every rank: they must agree
@@ -216,6 +188,17 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError("--gradient_accumulation_steps must be >= 1")
     if cfg.vocab_path and not Path(cfg.vocab_path).is_file():
         raise ConfigError(f"--vocab_path {cfg.vocab_path}: no such file")
+
+
+def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> LoaderConfig:
+    """The loader settings for the training shards or, with train=False, the evaluation shards
+    (in order, every utterance: no shuffling, no duration filters)."""
+    return LoaderConfig(
+        max_batch_seconds=cfg.max_batch_seconds if train else (cfg.eval_max_batch_seconds or cfg.max_batch_seconds),
+        max_batch_size=cfg.max_batch_size, num_buckets=cfg.num_buckets, shuffle=train,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, min_duration=cfg.min_duration if train else None,
+        max_duration=cfg.max_duration if train else None, return_attention_mask=attention_mask,
+        num_workers=cfg.dataloader_num_workers)
 
 
 def training_texts(spec: str, index: str | None) -> list[str]:
@@ -269,10 +252,24 @@ def ctc_loss_sum(model, batch: dict, blank: int, accelerator: Accelerator, train
                           zero_infinity=True)
 
 
-def dump_gradients(model, accelerator: Accelerator, path: str) -> None:
-    grads = {n: p.grad.detach().float().cpu().clone() for n, p in accelerator.unwrap_model(model).named_parameters()
-             if p.grad is not None}
-    torch.save(grads, path)
+def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss_sum: torch.Tensor,
+                   max_grad_norm: float) -> tuple[str, torch.Tensor | None]:
+    """Clip, then step the optimizer and the schedule, or skip the update. Returns what happened,
+    "stepped", "nonfinite" (a NaN/inf loss or gradient: parameters untouched) or "overflow" (the
+    fp16 scaler skipped the step and lowered its scale), and the gradient norm."""
+    # a non-finite loss anywhere skips the update everywhere (every rank sees the same flag)
+    bad = accelerator.reduce((~torch.isfinite(loss_sum)).float(), "sum").item() > 0
+    grad_norm = None if bad else accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.scaler is None:
+        bad = True  # with a scaler, an inf gradient is an overflow that optimizer.step() skips itself
+    outcome = "nonfinite"
+    if not bad:
+        optimizer.step()
+        outcome = "overflow" if optimizer.step_was_skipped else "stepped"
+        if outcome == "stepped":  # the schedule follows the updates that really happened
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return outcome, grad_norm
 
 
 class LogWindow:
@@ -357,11 +354,23 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
     return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_utterances": total.utterances}
 
 
+def save_final(model, processor, normalizer: TextNormalizer, out: Path) -> Path:
+    """OUTPUT_DIR/final: a plain Hugging Face folder (model, tokenizer, feature extractor, and the
+    text normaliser, so that evaluation normalises references exactly as training did)."""
+    final = out / "final"
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        normalizer.save(tmp)
+    return final
+
+
 def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: TrainConfig, loader: SpeechLoader,
                     counters: dict, vocab_file: Path) -> None:
     """save_state into a temporary folder, renamed when complete: a crash never damages the last good one."""
     root = out / "checkpoints"
-    tmp, final = root / f".tmp-step-{update}", root / f"step-{update}"
+    # every rank writes into it (its own RNG and loader state), so the name is fixed, not random
+    tmp, final = root / f".step-{update}{TMP_SUFFIX}", root / f"step-{update}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -374,8 +383,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: Train
                  "config": {k: getattr(cfg, k) for k in RESUME_MUST_MATCH}}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         shutil.copyfile(vocab_file, tmp / "vocab.json")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        replace_path(tmp, final)
         kept = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in kept[: max(0, len(kept) - cfg.save_total_limit)]:
             shutil.rmtree(old)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How fast does make_shards.py turn 48 kHz mp3/wav into 16 kHz FLAC shards, and what does it cost?
+"""How fast does w2v-make-shards turn 48 kHz mp3/wav into 16 kHz FLAC shards, and what does it cost?
 
     python benchmarks/bench_shard.py [--minutes 20] [--json OUT]
 
@@ -28,11 +28,10 @@ import soundfile as sf
 import soxr
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from w2v import audio  # noqa: E402
-from w2v.corpus import open_corpus  # noqa: E402
-from w2v.sharding import ShardOptions, make_shards  # noqa: E402
-from w2v.synth import speak  # noqa: E402
+from w2v.data import audio
+from w2v.data.corpus import open_corpus
+from w2v.data.sharding import ShardOptions, make_shards
+from w2v.synth import speak
 
 TEXTS = [
     "The committee will meet again on Thursday to discuss the budget for next year.",
@@ -144,8 +143,8 @@ def bench_codecs(manifest: Path) -> dict:
     folder = manifest.parent
     pcms = []
     for path in sorted(folder.glob("d*.*"))[:12]:
-        wave, _ = audio.load_16k(path)
-        pcms.append(audio.to_int16(wave))
+        data, sr = audio.read_audio(path)
+        pcms.append(audio.to_int16(audio.resample(audio.to_mono(data), sr)))
     seconds = sum(len(p) for p in pcms) / 16000
     results = {}
     for codec in audio.CODECS:
@@ -154,7 +153,7 @@ def bench_codecs(manifest: Path) -> dict:
         enc = seconds / (time.perf_counter() - start)
         start = time.perf_counter()
         for blob in encoded:
-            audio.decode_int16(blob)
+            sf.read(io.BytesIO(blob), dtype="int16")  # libsndfile, both codecs
         dec = seconds / (time.perf_counter() - start)
         size = sum(len(b) for b in encoded)
         results[codec] = {"bytes_per_audio_second": size / seconds, "encode_audio_seconds_per_second": enc,

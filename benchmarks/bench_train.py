@@ -31,12 +31,13 @@ import numpy as np
 import soundfile as sf
 import torch
 import yaml
+from baselines import DataCollatorCTCWithPadding
+
+from w2v.data.index import read_index
+from w2v.data.tar import iter_tar_samples
+from w2v.text import Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from w2v.baselines import DataCollatorCTCWithPadding  # noqa: E402
-from w2v.shards import iter_tar_samples, read_index  # noqa: E402
-from w2v.text import Vocabulary  # noqa: E402
 
 BASE = {  # wav2vec2-base's shape (95 M parameters), trained from scratch here: a speed test only
     "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,

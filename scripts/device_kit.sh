@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare the GPU training benchmark for a machine that has a GPU but no internet and no espeak-ng
-# (the device machines of this workplace: Python 3.12 with torch, transformers, accelerate, numba,
+# (for example a cloud GPU image with Python 3.12 and torch, transformers, accelerate, numba,
 # numpy, pyyaml, tqdm already installed).
 #
 #   bash scripts/device_kit.sh            # here: wheels into .whl/, shards into .devdata/ (both git-ignored)

@@ -1,4 +1,4 @@
-"""w2v.arpa and tools/fix_arpa.py: the </s> fix, checking, and real KenLM / pyctcdecode on the result."""
+"""w2v.lm.arpa_fix, w2v.lm.arpa_check and tools/fix_arpa.py: the </s> fix, checking, and real KenLM / pyctcdecode on the result."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.bench_arpa import NOTES_LOOP  # section 8 of the wav2vec2 notes, verbatim
-from w2v import arpa
+from benchmarks.baselines import ARPA_EOS_LOOP  # the wav2vec2 n-gram blog post's loop, verbatim
+from w2v.lm import arpa, arpa_check, arpa_fix
 
 REPO = Path(__file__).resolve().parents[1]
 FIX_TOOL = REPO / "tools" / "fix_arpa.py"
@@ -35,9 +35,9 @@ def _load_cli():
 cli = _load_cli()
 
 
-def notes_loop(src: Path, dst: Path) -> None:
-    """Run the notes' loop on src, writing dst."""
-    code = NOTES_LOOP.replace('"5gram.arpa"', repr(str(src))).replace('"5gram_correct.arpa"', repr(str(dst)))
+def blog_loop(src: Path, dst: Path) -> None:
+    """Run the blog's </s> loop (ARPA_EOS_LOOP) on src, writing dst."""
+    code = ARPA_EOS_LOOP.replace('"5gram.arpa"', repr(str(src))).replace('"5gram_correct.arpa"', repr(str(dst)))
     exec(code, {})
 
 
@@ -75,16 +75,16 @@ def test_one_line_corpus_fixed_loads_in_kenlm_and_decodes(one_line_arpa, tmp_pat
 
     text = one_line_arpa.read_bytes()
     assert b"</s>" not in text
-    report = arpa.check_arpa(one_line_arpa)
+    report = arpa_check.check_arpa(one_line_arpa)
     assert not report.ok and report.one_line_corpus and report.has_bos and not report.has_eos
     assert any("one sentence per line" in note for note in report.notes)
     with pytest.raises(OSError):
         kenlm.Model(str(one_line_arpa))
 
     fixed = tmp_path / "fixed.arpa"
-    result = arpa.fix_arpa(one_line_arpa, fixed)
+    result = arpa_fix.fix_arpa(one_line_arpa, fixed)
     assert result.changed and result.unigrams_after == result.unigrams_before + 1
-    assert arpa.check_arpa(fixed).ok
+    assert arpa_check.check_arpa(fixed).ok
     model = kenlm.Model(str(fixed))
     assert model.order == 3
     assert model.score("the cat sat", bos=True, eos=True) < 0
@@ -105,28 +105,28 @@ def _spell(text: str, labels: list[str]) -> np.ndarray:
     return logits
 
 
-def test_output_is_byte_for_byte_the_notes_loop(one_line_arpa, tmp_path):
+def test_output_is_byte_for_byte_the_blog_loop(one_line_arpa, tmp_path):
     ours, theirs = tmp_path / "ours.arpa", tmp_path / "theirs.arpa"
-    arpa.fix_arpa(one_line_arpa, ours)
-    notes_loop(one_line_arpa, theirs)
+    arpa_fix.fix_arpa(one_line_arpa, ours)
+    blog_loop(one_line_arpa, theirs)
     assert ours.read_bytes() == theirs.read_bytes()
 
 
 def test_idempotent_and_says_unchanged(one_line_arpa, tmp_path, capsys):
     once, twice = tmp_path / "once.arpa", tmp_path / "twice.arpa"
-    arpa.fix_arpa(one_line_arpa, once)
+    arpa_fix.fix_arpa(one_line_arpa, once)
     assert run_cli(once, twice) == 0
     assert "unchanged" in capsys.readouterr().out
     assert twice.read_bytes() == once.read_bytes()
-    result = arpa.fix_arpa(once, once)  # in place, nothing to do
+    result = arpa_fix.fix_arpa(once, once)  # in place, nothing to do
     assert not result.changed and once.read_bytes() == twice.read_bytes()
 
 
 def test_in_place_fix(one_line_arpa, tmp_path):
     lm = tmp_path / "lm.arpa"
     shutil.copy(one_line_arpa, lm)
-    arpa.fix_arpa(lm, lm)
-    assert arpa.check_arpa(lm).ok
+    arpa_fix.fix_arpa(lm, lm)
+    assert arpa_check.check_arpa(lm).ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lm.arpa"]
 
 
@@ -137,8 +137,8 @@ def test_copy_fallbacks(one_line_arpa, tmp_path, monkeypatch, unsupported):
     for name, code in unsupported.items():
         monkeypatch.setattr(os, name, _refuse(code))
     out, expected = tmp_path / "out.arpa", tmp_path / "expected.arpa"
-    arpa.fix_arpa(one_line_arpa, out)
-    notes_loop(one_line_arpa, expected)
+    arpa_fix.fix_arpa(one_line_arpa, out)
+    blog_loop(one_line_arpa, expected)
     assert out.read_bytes() == expected.read_bytes()
 
 
@@ -151,15 +151,15 @@ def _refuse(code: int):
 
 def test_gzip_in_and_out(one_line_arpa, tmp_path):
     plain = tmp_path / "fixed.arpa"
-    arpa.fix_arpa(one_line_arpa, plain)
+    arpa_fix.fix_arpa(one_line_arpa, plain)
     gz_in = tmp_path / "in.arpa.gz"
     gz_in.write_bytes(gzip.compress(one_line_arpa.read_bytes()))
     for src, dst in [(gz_in, tmp_path / "a.arpa.gz"), (gz_in, tmp_path / "b.arpa"),
                      (one_line_arpa, tmp_path / "c.arpa.gz")]:
-        arpa.fix_arpa(src, dst)
+        arpa_fix.fix_arpa(src, dst)
         data = gzip.decompress(dst.read_bytes()) if dst.suffix == ".gz" else dst.read_bytes()
         assert data == plain.read_bytes(), (src.name, dst.name)
-    assert arpa.check_arpa(tmp_path / "a.arpa.gz").ok
+    assert arpa_check.check_arpa(tmp_path / "a.arpa.gz").ok
 
 
 def test_pipe_input(one_line_arpa, tmp_path):
@@ -168,19 +168,19 @@ def test_pipe_input(one_line_arpa, tmp_path):
     writer = threading.Thread(target=lambda: fifo.write_bytes(one_line_arpa.read_bytes()))
     writer.start()
     out = tmp_path / "out.arpa"
-    arpa.fix_arpa(fifo, out)
+    arpa_fix.fix_arpa(fifo, out)
     writer.join()
     expected = tmp_path / "expected.arpa"
-    notes_loop(one_line_arpa, expected)
+    blog_loop(one_line_arpa, expected)
     assert out.read_bytes() == expected.read_bytes()
 
 
 def test_sentence_per_line_corpus_has_eos(lmplz, tmp_path, capsys):
     lm = build_arpa(lmplz, tmp_path, SENTENCES)
-    report = arpa.check_arpa(lm)
+    report = arpa_check.check_arpa(lm)
     assert report.ok and report.has_eos and not report.one_line_corpus
     assert run_cli("--check", lm) == 0
-    result = arpa.fix_arpa(lm, tmp_path / "same.arpa")
+    result = arpa_fix.fix_arpa(lm, tmp_path / "same.arpa")
     assert not result.changed and (tmp_path / "same.arpa").read_bytes() == lm.read_bytes()
 
 
@@ -193,18 +193,18 @@ def test_ngram_1_equals_1(tmp_path):
     src = tmp_path / "tiny.arpa"
     src.write_text(TINY.format(n=1, eos=""))
     ours, theirs = tmp_path / "ours.arpa", tmp_path / "theirs.arpa"
-    arpa.fix_arpa(src, ours)
+    arpa_fix.fix_arpa(src, ours)
     assert ours.read_text() == TINY.format(n=2, eos="0\t</s>\t0\n")
-    notes_loop(src, theirs)
-    assert "ngram 2=2\nngram 2=1" in theirs.read_text()  # the notes' str.replace hits both 1s
-    assert arpa.check_arpa(ours).ok
+    blog_loop(src, theirs)
+    assert "ngram 2=2\nngram 2=1" in theirs.read_text()  # the blog loop's str.replace hits both 1s
+    assert arpa_check.check_arpa(ours).ok
     assert kenlm.Model(str(ours)).order == 2
 
 
 def test_jit_and_python_paths_agree(one_line_arpa, lmplz, tmp_path):
     lm = build_arpa(lmplz, tmp_path, SENTENCES * 3 + ONE_LINE_CORPUS + "\n", order=4)
     for path in (one_line_arpa, lm):
-        fast, slow = arpa.check_arpa(path), arpa.check_arpa(path, jit=False)
+        fast, slow = arpa_check.check_arpa(path), arpa_check.check_arpa(path, jit=False)
         assert fast.jit and not slow.jit
         assert (fast.counts, fast.has_bos, fast.has_eos, fast.bos_bigrams) == \
                (slow.counts, slow.has_bos, slow.has_eos, slow.bos_bigrams)
@@ -213,7 +213,7 @@ def test_jit_and_python_paths_agree(one_line_arpa, lmplz, tmp_path):
 def test_jit_and_python_agree_on_mutated_files(lmplz, tmp_path, monkeypatch):
     """Random byte edits: the compiled scanner, in one thread or three, must never accept a line the
     Python check rejects, nor count differently."""
-    monkeypatch.setattr(arpa, "_PARALLEL_MIN", 64)  # split even these small buffers between threads
+    monkeypatch.setattr(arpa_check, "_PARALLEL_MIN", 64)  # split even these small buffers between threads
     rng = random.Random(0)
     words = ["the", "cat", "sat", "on", "mat", "dog", "b-c", "x1"]
     corpus = "".join(" ".join(rng.choices(words, k=rng.randint(2, 7))) + "\n" for _ in range(100))
@@ -238,7 +238,7 @@ def test_jit_and_python_agree_on_mutated_files(lmplz, tmp_path, monkeypatch):
 
 def _outcome(path: Path, jit: bool | None, threads: int | None = None) -> tuple:
     try:
-        report = arpa.check_arpa(path, jit=jit, threads=threads)
+        report = arpa_check.check_arpa(path, jit=jit, threads=threads)
     except arpa.ArpaError as e:
         return ("error", e.line_no, e.message)
     return ("ok", report.counts, report.has_bos, report.has_eos, report.bos_bigrams)
@@ -248,9 +248,9 @@ def test_interrupt_leaves_nothing(one_line_arpa, tmp_path, monkeypatch):
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(arpa, "_kernel_copy", interrupted)
+    monkeypatch.setattr(arpa_fix, "_kernel_copy", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        arpa.fix_arpa(one_line_arpa, tmp_path / "out.arpa")
+        arpa_fix.fix_arpa(one_line_arpa, tmp_path / "out.arpa")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -304,7 +304,7 @@ def test_malformed(name, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"line {line_no}:" in err and words in err, err
     with pytest.raises(arpa.ArpaError) as slow:
-        arpa.check_arpa(src, jit=False)
+        arpa_check.check_arpa(src, jit=False)
     assert slow.value.line_no == line_no  # the pure-Python path agrees
 
     dst = tmp_path / "out.arpa"

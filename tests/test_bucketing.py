@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from w2v.bucketing import (
+from w2v.data.bucketing import (
     bucket_edges,
     equalize_batch_count,
     padding_fraction,

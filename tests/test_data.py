@@ -10,9 +10,11 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
-from w2v.baselines import DataCollatorCTCWithPadding
-from w2v.data import LoaderConfig, SpeechLoader, expand_spec, output_frames
-from w2v.shards import iter_tar_samples, read_index
+from benchmarks.baselines import DataCollatorCTCWithPadding
+from w2v.data.index import expand_spec, read_index
+from w2v.data.loader import LoaderConfig, SpeechLoader
+from w2v.data.plan import output_frames
+from w2v.data.tar import iter_tar_samples
 from w2v.text import Vocabulary
 
 CONV_KERNEL, CONV_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
@@ -229,23 +231,23 @@ def test_a_sample_whose_labels_cannot_fit_its_frames_is_dropped(cv_shards):
 
 
 def test_wav_fast_path_equals_soundfile():
-    from w2v import audio
-    from w2v.data import _decode
+    from w2v.data import audio
+    from w2v.data.decode import decode_member
 
     rng = np.random.default_rng(0)
     pcm = rng.integers(-32768, 32767, 16001, dtype=np.int16)
     wav = audio.encode(pcm, "wav")
-    assert np.array_equal(_decode(wav), sf.read(io.BytesIO(wav), dtype="int16")[0])
+    assert np.array_equal(decode_member(wav), sf.read(io.BytesIO(wav), dtype="int16")[0])
     stereo = io.BytesIO()
     sf.write(stereo, np.stack([pcm, pcm], 1), 16000, format="WAV", subtype="PCM_16")
-    assert np.array_equal(_decode(stereo.getvalue()), pcm)  # not the fast path: soundfile downmixes
+    assert np.array_equal(decode_member(stereo.getvalue()), pcm)  # not the fast path: soundfile downmixes
     with pytest.raises(ValueError, match="sample rate"):
-        _decode(audio.encode(pcm, "wav", sr=8000))
+        decode_member(audio.encode(pcm, "wav", sr=8000))
 
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_reader_handles_the_common_tar_formats(tmp_path, fmt):
-    from w2v.data import _tar_members
+    from w2v.data.tar import tar_members
 
     long_key = "k" * 120 if fmt != tarfile.USTAR_FORMAT else "short_key"
     path = tmp_path / "x.tar"
@@ -254,26 +256,26 @@ def test_tar_reader_handles_the_common_tar_formats(tmp_path, fmt):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    assert list(_tar_members(str(path))) == [(long_key, "flac", b"audio" * 300), (long_key, "json", b"{}")]
+    assert list(tar_members(str(path))) == [(long_key, "flac", b"audio" * 300), (long_key, "json", b"{}")]
     with pytest.raises(tarfile.ReadError):
-        list(_tar_members(str(path), expected_bytes=path.stat().st_size + 1))
+        list(tar_members(str(path), expected_bytes=path.stat().st_size + 1))
 
 
 def test_flac_members_decode_with_w2v_flac_or_soundfile():
-    from w2v import audio
-    from w2v.data import _decode
+    from w2v.data import audio
+    from w2v.data.decode import decode_member
 
     rng = np.random.default_rng(0)
     pcm = (3000 * rng.standard_normal(16001)).astype(np.int16)
     flac = audio.encode(pcm, "flac")
-    assert np.array_equal(_decode(flac), pcm)
+    assert np.array_equal(decode_member(flac), pcm)
     stereo = io.BytesIO()  # outside w2v.flac: soundfile decodes and downmixes
     sf.write(stereo, np.stack([pcm, pcm], 1), 16000, format="FLAC", subtype="PCM_16")
-    assert np.array_equal(_decode(stereo.getvalue()), pcm)
+    assert np.array_equal(decode_member(stereo.getvalue()), pcm)
     damaged = bytearray(flac)
     damaged[len(flac) // 2] ^= 0x10
     with pytest.raises(ValueError, match="CRC|invalid|damaged"):
-        _decode(bytes(damaged))
+        decode_member(bytes(damaged))
 
 
 def test_a_damaged_member_is_skipped_and_counted(cv_shards, tmp_path):
@@ -287,3 +289,21 @@ def test_a_damaged_member_is_skipped_and_counted(cv_shards, tmp_path):
     keys = [k for b in ld for k in b["keys"]]
     assert len(keys) == len(expected.written) - 1
     assert ld.diagnostics()["drops"]["undecodable_member"] == 1
+
+
+def test_flac_decoder_soundfile_gives_the_same_batches(cv_shards, monkeypatch):
+    shard_dir, _ = cv_shards
+    vocab = vocab_for(shard_dir)
+    import w2v.data.decode as decode
+
+    def refuse(data):
+        raise AssertionError("w2v.flac used although flac_decoder='soundfile'")
+
+    ours = list(loader(shard_dir, vocab))
+    monkeypatch.setattr(decode, "decode_flac", refuse)
+    theirs = list(loader(shard_dir, vocab, flac_decoder="soundfile"))
+    assert [b["keys"] for b in ours] == [b["keys"] for b in theirs] and ours
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a["input_values"], b["input_values"])
+    with pytest.raises(ValueError, match="flac_decoder"):
+        LoaderConfig(flac_decoder="libflac")

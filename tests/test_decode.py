@@ -1,4 +1,4 @@
-"""w2v.decode: greedy CTC, beam search with a real KenLM model, and the pipeline() export."""
+"""w2v.lm.decode: greedy CTC, beam search with a real KenLM model, and the pipeline() export."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from w2v import decode
-from w2v.lm import find_tool
+from w2v.lm import decode
+from w2v.lm.build import find_tool
 
 SENTENCES = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "|": 2, **{c: 3 + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz'")}}
@@ -27,7 +27,7 @@ def kenlm_tool(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory) -> Path:
-    """A 3-gram ARPA, its trie binary and unigrams.txt, as tools/build_lm.py lays them out."""
+    """A 3-gram ARPA, its trie binary and unigrams.txt, as w2v-build-lm lays them out."""
     folder = tmp_path_factory.mktemp("lm")
     arpa = folder / "3gram.arpa"
     subprocess.run([kenlm_tool("lmplz"), "-o", "3", "--discount_fallback", "-S", "64M", "-T", str(folder),

@@ -3,7 +3,7 @@
 import kenlm
 
 from tests.conftest import run_tool
-from w2v import arpa
+from w2v.lm import arpa_check
 from w2v.text import TextNormalizer
 
 
@@ -13,7 +13,7 @@ def test_build_lm_from_text_has_eos_naturally_and_loads(tmp_path):
     out = tmp_path / "lm"
     proc = run_tool("build_lm.py", "--text", text, "--order", "3", "--out", out, "--binary", check=True)
     assert "2 empty after normalisation, skipped" in proc.stdout
-    report = arpa.check_arpa(out / "3gram.arpa")
+    report = arpa_check.check_arpa(out / "3gram.arpa")
     assert report.ok and report.has_eos and "fixed" not in proc.stdout  # one sentence per line: </s> by itself
     corpus = (out / "corpus.txt").read_text()
     assert corpus.endswith("\n") and corpus.splitlines() == [

@@ -1,4 +1,5 @@
-"""normalize_and_pad / pad_labels against the transformers feature extractor and the HF CTC collator."""
+"""normalize_and_pad, attention_mask_from_lengths and pad_labels against the transformers feature
+extractor and the HF CTC collator."""
 
 import json
 
@@ -6,8 +7,8 @@ import numpy as np
 import pytest
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
-from w2v.baselines import DataCollatorCTCWithPadding
-from w2v.padding import normalize_and_pad, pad_labels
+from benchmarks.baselines import DataCollatorCTCWithPadding
+from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad, pad_labels
 
 
 def utterances() -> list[np.ndarray]:
@@ -28,19 +29,24 @@ def hf(batch: list[np.ndarray]) -> dict:
     return fe(batch, sampling_rate=16_000, padding=True, return_tensors="np")
 
 
-def test_matches_feature_extractor_list_and_flat():
+def ours(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """What the loader makes of a batch: the padded values and the bool mask from the lengths."""
+    values = normalize_and_pad(batch)
+    return values, attention_mask_from_lengths([x.size for x in batch], values.shape[1])
+
+
+def test_matches_feature_extractor():
     utts = utterances()
     ref = hf(utts)
     lengths = np.array([u.size for u in utts])
-    for values, mask in (normalize_and_pad(utts), normalize_and_pad(np.concatenate(utts), lengths)):
-        assert values.dtype == np.float32 and mask.dtype == np.int32
-        assert values.shape == ref["input_values"].shape
-        np.testing.assert_allclose(values, ref["input_values"], rtol=0, atol=1e-5)
-        np.testing.assert_array_equal(mask, ref["attention_mask"])
-        for i, n in enumerate(lengths):
-            assert np.all(values[i, n:] == 0.0)
-            assert np.all(mask[i, :n] == 1) and np.all(mask[i, n:] == 0)
-    values, _ = normalize_and_pad(utts)
+    values, mask = ours(utts)
+    assert values.dtype == np.float32 and mask.dtype == np.bool_
+    assert values.shape == ref["input_values"].shape
+    np.testing.assert_allclose(values, ref["input_values"], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(mask.astype(np.int32), ref["attention_mask"])
+    for i, n in enumerate(lengths):
+        assert np.all(values[i, n:] == 0.0)
+        assert np.all(mask[i, :n]) and not np.any(mask[i, n:])
     assert np.all(values[2] == 0) and np.all(values[3] == 0)  # silent / constant stay zero
     real = values[0, : lengths[0]].astype(np.float64)
     assert abs(real.mean()) < 1e-6 and abs(real.std() - 1) < 1e-5
@@ -48,8 +54,8 @@ def test_matches_feature_extractor_list_and_flat():
 
 def test_padding_does_not_leak_into_statistics():
     utts = utterances()
-    alone = [normalize_and_pad([u])[0][0] for u in utts]
-    values, _ = normalize_and_pad(utts)
+    alone = [normalize_and_pad([u])[0] for u in utts]
+    values = normalize_and_pad(utts)
     for i, u in enumerate(utts):
         np.testing.assert_array_equal(values[i, : u.size], alone[i])
 
@@ -61,35 +67,15 @@ def test_int16_input_matches_float_conversion():
     ]
     ints.append(np.full(3_000, -7, dtype=np.int16))
     ref = hf([x.astype(np.float32) / 32768 for x in ints])
-    values, mask = normalize_and_pad(ints)
+    values, mask = ours(ints)
     np.testing.assert_allclose(values, ref["input_values"], rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(mask, ref["attention_mask"])
-    flat_values, _ = normalize_and_pad(np.concatenate(ints), np.array([x.size for x in ints]))
-    np.testing.assert_array_equal(flat_values, values)
+    np.testing.assert_array_equal(mask.astype(np.int32), ref["attention_mask"])
 
 
-def test_reusable_workspace_and_multiple_of():
-    utts = utterances()
-    ref, ref_mask = normalize_and_pad(utts)
-    work = np.full(ref.size + 123, np.nan, dtype=np.float32)  # dirty: padding must still be zeroed
-    work_mask = np.full(ref.size, 7, dtype=np.int32)
-    values, mask = normalize_and_pad(utts, out=work, mask_out=work_mask)
-    assert np.shares_memory(values, work) and values.flags.c_contiguous
-    np.testing.assert_array_equal(values, ref)
-    np.testing.assert_array_equal(mask, ref_mask)
-    with pytest.raises(ValueError):
-        normalize_and_pad(utts, out=np.empty(10, dtype=np.float32))
-    values, mask = normalize_and_pad(utts, pad_to_multiple_of=1000)
-    assert values.shape[1] == 48_000 and mask.shape == values.shape
-    values, mask = normalize_and_pad(utts[:1], pad_to_multiple_of=47_999)
-    assert values.shape == (1, 95_998) and np.all(values[0, 48_000:] == 0)
-
-
-def test_empty_batch_and_bad_lengths():
-    values, mask = normalize_and_pad([])
+def test_empty_batch():
+    values, mask = ours([])
     assert values.shape == (0, 0) and mask.shape == (0, 0)
-    with pytest.raises(ValueError):
-        normalize_and_pad(np.zeros(10, dtype=np.float32), np.array([4, 5]))
+    assert pad_labels([]).shape == (0, 0)
 
 
 # --- labels: same layout as the HF example's collator ----------------------------------------
@@ -123,16 +109,11 @@ def test_matches_hf_ctc_collator(processor):
     labels = pad_labels([f["labels"] for f in features])
     assert labels.dtype == np.int64
     np.testing.assert_array_equal(labels, ref["labels"].numpy())
-    flat = np.concatenate([np.asarray(f["labels"]) for f in features])
-    lengths = np.array([len(f["labels"]) for f in features])
-    np.testing.assert_array_equal(pad_labels(flat, lengths), ref["labels"].numpy())
 
-    values, mask = normalize_and_pad(utts)
+    values, mask = ours(utts)
     np.testing.assert_allclose(values, ref["input_values"].numpy(), rtol=0, atol=1e-5)
-    np.testing.assert_array_equal(mask, ref["attention_mask"].numpy())
+    np.testing.assert_array_equal(mask.astype(np.int64), ref["attention_mask"].numpy())
 
 
-def test_pad_labels_multiple_of_and_empty():
-    labels = pad_labels([[1, 2, 3], []], pad_to_multiple_of=4)
-    assert labels.tolist() == [[1, 2, 3, -100], [-100] * 4]
-    assert pad_labels([]).shape == (0, 0)
+def test_pad_labels_empty_row():
+    assert pad_labels([[1, 2, 3], []]).tolist() == [[1, 2, 3], [-100] * 3]

@@ -1,4 +1,4 @@
-"""make_shards.py on real corpora, read back with plain tarfile/webdataset + soundfile."""
+"""w2v-make-shards (tools/make_shards.py) on real corpora, read back with plain tarfile/webdataset + soundfile."""
 
 import hashlib
 import io
@@ -13,8 +13,8 @@ import webdataset as wds
 
 from tests import corpora
 from tests.conftest import run_tool
-from w2v.corpus import open_corpus
-from w2v.sharding import ShardOptions, make_shards
+from w2v.data.corpus import open_corpus
+from w2v.data.sharding import ShardOptions, make_shards
 
 
 def read_back(out: Path) -> dict[str, tuple[np.ndarray, int, dict, str]]:

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -16,22 +17,26 @@ from safetensors.torch import load_file
 import train
 from tests.conftest import ROOT, run_tool
 from w2v.config import TrainConfig
-from w2v.data import LoaderConfig, SpeechLoader
+from w2v.data.index import read_index
+from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.metrics import ErrorCounts
 from w2v.model import CTCModel, load_model, wants_attention_mask
-from w2v.shards import read_index
 from w2v.text import TextNormalizer, Vocabulary
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
-def launch(out: Path, shards, *args: str, procs: int = 1, check: bool = True) -> subprocess.CompletedProcess:
-    """`accelerate launch [--multi_gpu --num_processes 2] train.py --config configs/tiny.yaml …`."""
+def launch(out: Path, shards, *args: str, procs: int = 1, check: bool = True,
+           hooks: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`accelerate launch [--multi_gpu --num_processes 2] train.py --config configs/tiny.yaml …`;
+    with `hooks` (W2V_TEST_* variables), tests/train_with_hooks.py instead of train.py."""
     dist = ["--multi_gpu", "--num_processes", "2"] if procs == 2 else ["--num_processes", "1"]
+    script = ROOT / ("tests/train_with_hooks.py" if hooks else "train.py")
     cmd = [ACCELERATE, "launch", *dist, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "train.py"), "--config", TINY, "--train_shards", str(shards), "--output_dir", str(out), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+           str(script), "--config", TINY, "--train_shards", str(shards), "--output_dir", str(out), *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(hooks or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
@@ -56,7 +61,7 @@ def test_gradient_is_independent_of_batch_accumulation_and_world_size(cv_shards,
     grads = {}
     for name, (procs, args) in runs.items():
         dump = tmp_path / f"{name}.pt"
-        launch(tmp_path / name, shards, *common, *args, "--debug_dump_gradients", str(dump), procs=procs)
+        launch(tmp_path / name, shards, *common, *args, procs=procs, hooks={"W2V_TEST_DUMP_GRADIENTS": str(dump)})
         grads[name] = flat(torch.load(dump))
     ref = grads["6x1x1"]
     assert ref.norm() > 0
@@ -110,8 +115,8 @@ def test_two_process_evaluation_equals_one_process(cv_shards, odd_eval_shards, t
 
 def test_nan_loss_on_one_rank_skips_the_update_on_both(cv_shards, tmp_path):
     shards, _ = cv_shards
-    proc = launch(tmp_path / "nan", shards, "--max_steps", "3", "--debug_inject_nan_update", "1",
-                  "--max_batch_size", "2", procs=2)
+    proc = launch(tmp_path / "nan", shards, "--max_steps", "3", "--max_batch_size", "2", procs=2,
+                  hooks={"W2V_TEST_NAN_UPDATE": "1"})
     skipped = [line for line in proc.stdout.splitlines() if "skipped updates" in line]
     assert len(skipped) == 2 and all("'skipped_nonfinite': 1" in line for line in skipped), proc.stdout
     last = records(tmp_path / "nan")[-1]

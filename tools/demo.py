@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import _path  # noqa: F401
-
-from w2v.decode import export_processor_with_lm
+from w2v.lm.decode import export_processor_with_lm
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable

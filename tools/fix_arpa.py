@@ -1,54 +1,9 @@
 #!/usr/bin/env python3
-"""Add the missing </s> to an ARPA file (the wav2vec2 notes' fix, streaming), or check one.
+"""Add the missing </s> to an ARPA file, or check one: the same command as `w2v-fix-arpa` (see `w2v-fix-arpa --help`)."""
 
-    python tools/fix_arpa.py IN OUT        # .gz on either name means gzip; OUT may be IN
-    python tools/fix_arpa.py --check IN
-
-Exit status: 0 done / the check passed; 1 (--check only) well formed, but kenlm.Model refuses it
-(no </s> or <s>); 2 malformed or unreadable, with the line number (fixing then writes nothing).
-Fixing checks the header, the 1-grams and that the file ends with \\end\\; --check checks every line.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-try:
-    from w2v import arpa
-except ImportError:  # run from a checkout without installing: python tools/fix_arpa.py
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from w2v import arpa
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="input ARPA file (.gz allowed)")
-    parser.add_argument("dst", nargs="?", help="output ARPA file (.gz allowed); not with --check")
-    parser.add_argument("--check", action="store_true", help="validate IN for KenLM instead of fixing it")
-    parser.add_argument("--no-jit", action="store_true", help="--check in pure Python (slower, no numba)")
-    args = parser.parse_args(argv)
-    if args.check == (args.dst is not None):
-        parser.error("give IN and OUT to fix, or --check IN")
-    try:
-        if args.check:
-            report = arpa.check_arpa(args.src, jit=False if args.no_jit else None)
-            print(report.summary())
-            return 0 if report.ok else 1
-        result = arpa.fix_arpa(args.src, args.dst)
-    except arpa.ArpaError as e:
-        print(f"{args.src}: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"fix_arpa: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fix_arpa: interrupted (no output written)", file=sys.stderr)
-        return 130
-    print(f"{result.message} ({result.bytes_written} bytes in {result.seconds:.2f} s)")
-    return 0
-
+from w2v.cli.fix_arpa import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,6 @@ import re
 import sys
 from pathlib import Path
 
-import _path  # noqa: F401
 from tqdm import tqdm
 
 from w2v.synth import speak

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
 
 
 @dataclass
@@ -30,7 +29,7 @@ class TrainConfig:
     max_batch_size: int = field(default=0, metadata={"help": "cap on utterances per batch (0: none)"})
     min_duration: float = 0.5
     max_duration: float = field(default=20.0, metadata={
-        "help": "drop longer utterances (the field notes: long audio is the usual OOM)"})
+        "help": "drop longer utterances (long audio is the usual cause of out-of-memory errors)"})
     num_buckets: int = 30
     shuffle_buffer: int = 1000
     dataloader_num_workers: int = 2
@@ -82,11 +81,6 @@ class TrainConfig:
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest | a checkpoint folder"})
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | … (when installed)"})
     num_eval_examples: int = 3
-    # --- testing aids (fault injection and introspection; off by default) -------------------------
-    debug_inject_nan_update: int = field(default=-1, metadata={"help": "rank 0 makes this update's loss NaN"})
-    debug_dump_gradients: str | None = field(default=None, metadata={
-        "help": "save the first update's (all-reduced) gradients to this .pt file"})
-    # YAML only
     # YAML only (init=False keeps them off the command line): Wav2Vec2Config fields for a model
     # from scratch, and text replacements [[old, new], …] applied before normalisation
     model_config: dict | None = field(default=None, init=False)
@@ -99,24 +93,30 @@ class TrainConfig:
 YAML_ONLY = ("model_config", "replacements")
 
 
+def read_yaml(path: str | Path) -> dict:
+    """The settings of a YAML config file; an unknown key is an error (a typo must not pass)."""
+    path = Path(path)
+    values = yaml.safe_load(path.read_text()) or {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise SystemExit(f"error: {path}: unknown keys {unknown}")
+    return values
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     """`--config FILE.yaml` for defaults, then `--key value` overrides (Hugging Face names)."""
+    from transformers import HfArgumentParser
+
     argv = list(sys.argv[1:] if argv is None else argv)
     yaml_values: dict = {}
     if "--config" in argv:
         i = argv.index("--config")
-        path = Path(argv[i + 1])
+        yaml_values = read_yaml(argv[i + 1])
         del argv[i:i + 2]
-        yaml_values = yaml.safe_load(path.read_text()) or {}
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(yaml_values) - known)
-        if unknown:
-            raise SystemExit(f"error: {path}: unknown keys {unknown}")
     parser = HfArgumentParser(TrainConfig)
-    for action in parser._actions:  # YAML values become the defaults the command line overrides
-        if action.dest in yaml_values and action.dest not in YAML_ONLY:
-            action.default = yaml_values[action.dest]
-            action.required = False
+    # YAML values become the defaults the command line overrides
+    parser.set_defaults(**{k: v for k, v in yaml_values.items() if k not in YAML_ONLY})
     (cfg,) = parser.parse_args_into_dataclasses(args=argv)
     for key in YAML_ONLY:
         if key in yaml_values:

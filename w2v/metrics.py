@@ -46,7 +46,3 @@ class ErrorCounts:
     @property
     def cer(self) -> float:
         return self.char_edits / self.chars if self.chars else float("nan")
-
-
-def utterance_errors(ref: str, hyp: str) -> ErrorCounts:
-    return ErrorCounts.of([ref], [hyp])

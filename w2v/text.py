@@ -10,9 +10,10 @@ import json
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,15 @@ class TextNormalizer:
         self._ignore = re.compile("[" + re.escape(self.chars_to_ignore) + "]") if self.chars_to_ignore else None
 
     SAVE_NAME = "text_normalizer.json"  # saved beside a model so evaluation normalises as training did
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> TextNormalizer:
+        """The normaliser a training config asks for: its `lower_case`, `chars_to_ignore` and
+        `replacements` (unset ones keep the defaults). `cfg`: `TrainConfig.to_dict()` or the
+        settings of a YAML config file."""
+        settings = {"lower": cfg.get("lower_case"), "chars_to_ignore": cfg.get("chars_to_ignore"),
+                    "replacements": cfg.get("replacements")}
+        return cls(**{k: v for k, v in settings.items() if v is not None})
 
     def save(self, folder: str | Path) -> None:
         settings = {"nfkc": self.nfkc, "lower": self.lower, "chars_to_ignore": self.chars_to_ignore,
@@ -97,11 +107,6 @@ class Vocabulary:
                 self.unknown[ch] += 1
                 ids.append(self.unk_id)
         return np.asarray(ids, dtype=np.int64)
-
-    def decode_ids(self, ids: Iterable[int]) -> str:
-        inverse = {i: t for t, i in self.tokens.items()}
-        chars = [" " if inverse[i] == WORD_DELIMITER else inverse[i] for i in ids if i != self.pad_id]
-        return " ".join("".join(chars).split())
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.tokens, ensure_ascii=False, indent=1), encoding="utf-8")

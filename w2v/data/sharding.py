@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import shutil
 import time
 from collections import Counter, deque
@@ -20,9 +19,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from w2v import audio
-from w2v.corpus import Corpus, Utterance
-from w2v.shards import INDEX_NAME, SKIPPED_NAME, TMP_SUFFIX, ShardWriter, write_index
+from w2v.atomic import TMP_SUFFIX, AtomicFile
+from w2v.data import audio
+from w2v.data.corpus import Corpus, Utterance
+from w2v.data.index import INDEX_NAME, SKIPPED_NAME
+from w2v.data.writer import ShardWriter, write_index
 
 # Anything shorter than this after decoding is a truncated or broken file, not speech: wav2vec2's
 # conv stack needs 400 samples (25 ms) for a single frame, and no transcript fits in 0.1 s.
@@ -160,30 +161,29 @@ def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | Non
     writer = ShardWriter(out, prefix, opts.max_shard_bytes, opts.max_shard_samples)
     skipped: Counter = Counter()
     written, seconds, start = 0, 0.0, time.perf_counter()
-    skipped_tmp = out / (SKIPPED_NAME + TMP_SUFFIX)
+    skip_log = AtomicFile(out / SKIPPED_NAME)
     bar = tqdm(total=corpus.count(), unit="utt", disable=not progress, desc="sharding", smoothing=0.05)
     try:
-        with open(skipped_tmp, "w", encoding="utf-8") as skip_log:
-            for item in prepared_in_order(corpus, opts):
-                if item.reason:
-                    skipped[item.reason] += 1
-                    skip_log.write(json.dumps({"key": item.key, "source": item.source, "reason": item.reason,
-                                               "detail": item.detail}, ensure_ascii=False) + "\n")
-                else:
-                    writer.write(item.key, opts.codec, item.audio, item.meta)
-                    written += 1
-                    seconds += item.meta["duration"]
-                bar.update(1)
-                if bar.n % 64 == 0:
-                    bar.set_postfix(written=written, skipped=sum(skipped.values()), refresh=False)
+        for item in prepared_in_order(corpus, opts):
+            if item.reason:
+                skipped[item.reason] += 1
+                skip_log.file.write((json.dumps({"key": item.key, "source": item.source, "reason": item.reason,
+                                                 "detail": item.detail}, ensure_ascii=False) + "\n").encode())
+            else:
+                writer.write(item.key, opts.codec, item.audio, item.meta)
+                written += 1
+                seconds += item.meta["duration"]
+            bar.update(1)
+            if bar.n % 64 == 0:
+                bar.set_postfix(written=written, skipped=sum(skipped.values()), refresh=False)
         writer.close_shard()
     except BaseException:
         writer.abort()
-        skipped_tmp.unlink(missing_ok=True)
+        skip_log.abort()
         raise
     finally:
         bar.close()
-    os.replace(skipped_tmp, out / SKIPPED_NAME)
+    skip_log.commit()
     summary = ShardSummary(written + sum(skipped.values()), written, dict(skipped), seconds,
                            time.perf_counter() - start, len(writer.records))
     write_index(out, writer.records, {

@@ -1,6 +1,6 @@
 """CTC decoding: greedy (vectorised numpy) and beam search with a KenLM n-gram through pyctcdecode.
 
-Public API, used by train.py and tools/evaluate.py (keep these signatures):
+Public API, used by train.py and w2v-evaluate (keep these signatures):
 
 - `greedy_decode(logits, inverse_vocab, blank_id, lengths) -> list[str]`
 - `labels_from_vocab(tokens, size=None) -> list[str]`: pyctcdecode labels in id order
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from w2v.atomic import replace_path
 from w2v.text import PAD, UNK, WORD_DELIMITER
 
 UNK_LABEL = "⁇"  # pyctcdecode.alphabet.UNK_TOKEN
 LM_SUFFIXES = (".bin", ".binary", ".arpa")  # the model files pyctcdecode's language_model/ accepts
-UNIGRAMS_FILE = "unigrams.txt"  # written beside the LM by tools/build_lm.py
+UNIGRAMS_FILE = "unigrams.txt"  # written beside the LM by w2v-build-lm
 
 
 # --- greedy ------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def load_unigrams(lm_file: str | os.PathLike) -> list[str] | None:
     if lm_file.suffix == ".arpa":
         return None
     raise FileNotFoundError(f"{lm_file} is a binary LM and has no {UNIGRAMS_FILE} beside it: pass its words "
-                            "(tools/build_lm.py writes that file)")
+                            "(w2v-build-lm writes that file)")
 
 
 def build_lm_decoder(labels: Sequence[str], lm_path: str | os.PathLike | None,
@@ -205,7 +205,7 @@ def export_processor_with_lm(model_dir: str | os.PathLike, lm_dir: str | os.Path
                              beta: float = 1.0, unigrams: Sequence[str] | None = None) -> Path:
     """Save Wav2Vec2ProcessorWithLM into ``model_dir`` (a saved Wav2Vec2ForCTC with its processor).
 
-    ``lm_dir``: a tools/build_lm.py folder (its binary is preferred) or a KenLM file. Afterwards the
+    ``lm_dir``: a w2v-build-lm folder (its binary is preferred) or a KenLM file. Afterwards the
     folder holds alphabet.json and language_model/ with exactly attrs.json, unigrams.txt and one model
     file (a copy), and rewritten processor files; returns the language_model/ path. Two transformers 5
     details are handled: the tokenizer is rebuilt without the `<s>`/`</s>` it appends (the processor
@@ -227,7 +227,7 @@ def export_processor_with_lm(model_dir: str | os.PathLike, lm_dir: str | os.Path
         processor.save_pretrained(tmp)
         _mark_processor_class(Path(tmp) / "processor_config.json", type(processor).__name__)
         for entry in sorted(os.listdir(tmp)):
-            _replace(Path(tmp) / entry, model_dir / entry)
+            replace_path(Path(tmp) / entry, model_dir / entry)
     return model_dir / "language_model"
 
 
@@ -254,15 +254,3 @@ def _mark_processor_class(path: Path, name: str) -> None:
     if isinstance(config.get("feature_extractor"), dict):
         config["feature_extractor"]["processor_class"] = name
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _replace(src: Path, dst: Path) -> None:
-    """Move ``src`` onto ``dst``; a folder in the way is renamed aside first, then deleted."""
-    if dst.is_dir() and not dst.is_symlink():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old)
-    else:
-        os.replace(src, dst)

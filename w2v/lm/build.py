@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from w2v import arpa
+from w2v.lm.arpa_check import check_arpa
 from w2v.text import TextNormalizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +107,6 @@ class LMResult:
     unigrams: Path
     corpus: CorpusStats
     discount_fallback: bool
-    fixed_eos: bool
     counts: list[int]
 
 
@@ -122,11 +121,7 @@ def build_lm(texts: Iterable[str], out_dir: Path, order: int = 5, normalizer: Te
     arpa_path = out_dir / f"{order}gram.arpa"
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         fallback = run_lmplz(corpus_path, arpa_path, order, prune, memory, Path(tmp))
-    report = arpa.check_arpa(arpa_path)
-    fixed = False
-    if not report.has_eos:  # cannot happen with our corpus; kept for corpora written by others
-        arpa.fix_arpa(arpa_path, arpa_path)
-        report, fixed = arpa.check_arpa(arpa_path), True
+    report = check_arpa(arpa_path)  # a corpus of newline-terminated lines gives </s>: lmplz writes it then
     if not report.ok:
         raise RuntimeError(f"{arpa_path} is not loadable by KenLM:\n{report.summary()}")
     words = unigrams(arpa_path)
@@ -137,4 +132,4 @@ def build_lm(texts: Iterable[str], out_dir: Path, order: int = 5, normalizer: Te
         binary_path = out_dir / f"{order}gram.bin"
         subprocess.run([find_tool("build_binary"), "-q", "8", "-b", "8", "trie", str(arpa_path), str(binary_path)],
                        check=True, capture_output=True)
-    return LMResult(arpa_path, binary_path, unigram_path, stats, fallback, fixed, report.counts)
+    return LMResult(arpa_path, binary_path, unigram_path, stats, fallback, report.counts)

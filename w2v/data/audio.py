@@ -74,14 +74,6 @@ def resample(
     raise ValueError(f"unknown resampler {method!r}; choose one of {RESAMPLERS}")
 
 
-def load_16k(
-    src: str | Path | bytes, method: str = "soxr", device: str = "cpu"
-) -> tuple[np.ndarray, int]:
-    """Decode, downmix and resample to 16 kHz; returns (float32 mono wave, original sample rate)."""
-    data, sr = read_audio(src)
-    return resample(to_mono(data), sr, TARGET_SR, method, device), sr
-
-
 def to_int16(wave: np.ndarray) -> np.ndarray:
     """float32 in [-1, 1] → int16 with rounding and clipping (resampling can overshoot 1.0)."""
     scaled = np.rint(wave * 32767.0)
@@ -95,11 +87,3 @@ def encode(wave_int16: np.ndarray, codec: str = "flac", sr: int = TARGET_SR) -> 
     buf = io.BytesIO()
     sf.write(buf, wave_int16, sr, format=codec.upper(), subtype="PCM_16")
     return buf.getvalue()
-
-
-def decode_int16(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode encoded 16-bit audio bytes (a shard member) to int16 [frames] and its rate."""
-    wave, sr = sf.read(io.BytesIO(data), dtype="int16")
-    if wave.ndim > 1:
-        wave = wave.mean(axis=1).astype(np.int16)
-    return wave, sr

@@ -1,12 +1,12 @@
 """A FLAC decoder in numba for the loader's hot path: mono 16-bit FLAC bytes → int16 samples.
 
-Why not libsndfile: decoding is ~80% of the loader's time on FLAC shards, and libsndfile adds its
+Why not libsndfile: decoding dominates the loader's time on FLAC shards, and libsndfile adds its
 own buffering, sample conversion and Python I/O callbacks on top of libFLAC
 (`benchmarks/bench_loader.py` compares them). This decoder reads the whole stream from memory, with a
-64-bit window for the Rice codes (count-leading-zeros via an LLVM intrinsic), and restores
-the predictors straight into the output array.
+64-bit window for the Rice codes (count-leading-zeros and unaligned big-endian loads as single
+instructions, `w2v.data.bitops`), and restores the predictors straight into the output array.
 
-What it decodes: the complete FLAC format for one channel of 16 bits (what `make_shards.py` writes,
+What it decodes: the complete FLAC format for one channel of 16 bits (what `w2v-make-shards` writes,
 and what most 16 kHz speech corpora are): CONSTANT, VERBATIM, FIXED and LPC subframes (any order up
 to 32), wasted bits, both Rice coding methods, escaped partitions, fixed or variable block sizes.
 Each frame's header CRC-8 and frame CRC-16 are checked, so a damaged member is an error, never
@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
+
+from w2v.data.bitops import clz64, load_be64
 
 __all__ = ["UnsupportedFlac", "decode_flac"]
 
@@ -67,39 +66,14 @@ _CRC8 = _crc_table(0x07, 8)
 _CRC16 = _slicing_tables(_crc_table(0x8005, 16))
 
 
-@intrinsic
-def _clz64(typingctx, x):
-    """Leading zero bits of a uint64 (64 for zero): one instruction on x86-64 (lzcnt/bsr)."""
-    sig = types.uint64(types.uint64)
-
-    def codegen(context, builder, signature, args):
-        return builder.ctlz(args[0], ir.Constant(ir.IntType(1), 0))
-
-    return sig, codegen
-
-
 # The bit reader is a bit position into `data` (which has _PAD zero bytes appended): `_peek` gives the
 # next 64 bits left-aligned, of which at least 57 are real. Everything is uint64 to keep numba from
 # promoting mixed signed/unsigned arithmetic to float.
 
 
-@intrinsic
-def _load_be64(typingctx, array, index):
-    """The 8 bytes array[index : index + 8] as a big-endian uint64: one unaligned load and a byte
-    swap, without numba's per-byte negative-index checks (the caller keeps index in bounds)."""
-    sig = types.uint64(array, index)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(64).as_pointer())
-        return builder.bswap(builder.load(address, align=1))
-
-    return sig, codegen
-
-
 @numba.njit(cache=True)
 def _peek(data, pos):
-    return _load_be64(data, pos >> 3) << np.uint64(pos & 7)
+    return load_be64(data, pos >> 3) << np.uint64(pos & 7)
 
 
 @numba.njit(cache=True)
@@ -123,7 +97,7 @@ def _unary(data, pos, limit):
     while pos < limit:
         w = _peek(data, pos)
         valid = 64 - (pos & 7)
-        z = np.int64(_clz64(w))
+        z = np.int64(clz64(w))
         if z < valid:
             return q + z
         q += valid
@@ -172,7 +146,7 @@ def _residual(data, pos, limit, out, start, blocksize, order):
         w = _peek(data, pos)
         avail = 64 - (pos & 7)
         while i < end:
-            q = np.int64(_clz64(w))
+            q = np.int64(clz64(w))
             n = q + 1 + k
             if n < avail:
                 v = np.int64((w << np.uint64(q + 1)) >> np.uint64(64 - k)) if k > 0 else 0
@@ -348,7 +322,7 @@ def _crc16(data, start, end, tables):
     crc = np.uint64(0)
     i = start
     while i + 8 <= end:
-        w = _load_be64(data, i)
+        w = load_be64(data, i)
         x = crc ^ (w >> np.uint64(48))
         crc = np.uint64(tables[7, x >> np.uint64(8)] ^ tables[6, x & np.uint64(0xFF)]
                         ^ tables[5, (w >> np.uint64(40)) & np.uint64(0xFF)]

@@ -1,0 +1,53 @@
+"""train.py with fault injection and introspection wrapped around its steps, for tests that launch
+it with `accelerate launch tests/train_with_hooks.py …` (same arguments as train.py):
+
+- W2V_TEST_NAN_UPDATE=N: rank 0's loss is NaN in update N (counted from 0 in this process);
+- W2V_TEST_DUMP_GRADIENTS=FILE: rank 0 saves the first update's all-reduced gradients (before
+  clipping) to FILE.
+
+The training loop itself carries no test code: the hooks replace its module-level steps.
+"""
+
+import os
+import sys
+
+import torch
+
+import train
+from w2v.config import parse_config
+
+NAN_UPDATE = int(os.environ.get("W2V_TEST_NAN_UPDATE", "-1"))
+DUMP_GRADIENTS = os.environ.get("W2V_TEST_DUMP_GRADIENTS")
+update = -1  # the update whose window is being processed
+real_next_window, real_loss, real_step = train.next_window, train.ctc_loss_sum, train.optimizer_step
+
+
+def next_window(*args, **kwargs):
+    global update
+    update += 1
+    return real_next_window(*args, **kwargs)
+
+
+def ctc_loss_sum(model, batch, blank, accelerator, train_encoder):
+    loss = real_loss(model, batch, blank, accelerator, train_encoder)
+    if update == NAN_UPDATE and accelerator.is_main_process:
+        loss = loss * float("nan")
+    return loss
+
+
+def optimizer_step(accelerator, model, *args, **kwargs):
+    if update == 0 and DUMP_GRADIENTS and accelerator.is_main_process:
+        grads = {n: p.grad.detach().float().cpu().clone()
+                 for n, p in accelerator.unwrap_model(model).named_parameters() if p.grad is not None}
+        torch.save(grads, DUMP_GRADIENTS)
+    return real_step(accelerator, model, *args, **kwargs)
+
+
+train.next_window, train.ctc_loss_sum, train.optimizer_step = next_window, ctc_loss_sum, optimizer_step
+
+if __name__ == "__main__":
+    try:
+        train.main(parse_config())
+    except train.ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

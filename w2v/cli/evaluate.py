@@ -1,0 +1,151 @@
+"""WER and CER of a trained model on shards: greedy, and with a KenLM language model.
+
+    w2v-evaluate --model runs/x/final --shards shards/test
+    w2v-evaluate --model runs/x/final --shards shards/dev --lm runs/lm --tune
+    w2v-evaluate --model runs/x/final --shards shards/test --lm runs/lm --alpha 0.5 --beta 1.0 \
+        --json test.json --errors test_errors.jsonl
+
+Corpus-level WER/CER (jiwer edit counts summed over all utterances), the real-time factor of the
+acoustic model and of each decoder, per-utterance errors as JSONL, the worst utterances printed.
+`--tune` grid-searches alpha/beta on the given (dev) shards and reports the best point.
+References are normalised with the normaliser saved beside the model (as in training).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import Wav2Vec2ForCTC
+
+from w2v.data.loader import LoaderConfig, SpeechLoader
+from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
+from w2v.metrics import ErrorCounts
+from w2v.model import wants_attention_mask
+from w2v.text import TextNormalizer, Vocabulary
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a model folder (train.py's OUTPUT_DIR/final)")
+    p.add_argument("--shards", required=True, help="shard folder, pattern or URLs")
+    p.add_argument("--index", default=None, help="index.json for pipe:/URL shards")
+    p.add_argument("--lm", default=None, help="a folder from w2v-build-lm (or an .arpa/.bin file)")
+    p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
+    p.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
+    p.add_argument("--beam-width", type=int, default=64)
+    p.add_argument("--tune", action="store_true", help="grid-search alpha and beta on these shards")
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0])
+    p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
+    p.add_argument("--max-batch-seconds", type=float, default=100.0)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--json", default=None, help="write the figures here")
+    p.add_argument("--errors", default=None, help="per-utterance errors (JSONL)")
+    p.add_argument("--worst", type=int, default=5, help="print the N worst utterances")
+    return p.parse_args(argv)
+
+
+def acoustic_outputs(model_dir: Path, shards: str, index: str | None, max_batch_seconds: float):
+    """Log-probabilities per utterance ([T_i, V] float32), keys, texts, audio seconds, model seconds."""
+    model = Wav2Vec2ForCTC.from_pretrained(model_dir).eval()
+    loader = SpeechLoader(shards, LoaderConfig(max_batch_seconds=max_batch_seconds, shuffle=False,
+                                               return_attention_mask=wants_attention_mask(model.config)),
+                          index=index)
+    outputs, keys, texts, audio, compute = [], [], [], 0.0, 0.0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="acoustic model", unit="batch"):
+            if batch["empty"]:
+                continue
+            start = time.perf_counter()
+            logits = model(batch["input_values"], attention_mask=batch.get("attention_mask")).logits
+            log_probs = torch.log_softmax(logits.float(), dim=-1).numpy()
+            frames = model._get_feat_extract_output_lengths(batch["input_lengths"]).tolist()
+            compute += time.perf_counter() - start
+            outputs += [lp[:n] for lp, n in zip(log_probs, frames, strict=True)]
+            keys += batch["keys"]
+            texts += batch["texts"]
+            audio += batch["audio_seconds"]
+    return outputs, keys, texts, audio, compute
+
+
+def score(refs: list[str], hyps: list[str]) -> dict:
+    counts = ErrorCounts.of(refs, hyps)
+    return {"wer": counts.wer, "cer": counts.cer, "words": counts.words}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    model_dir = Path(args.model)
+    if not (model_dir / "config.json").is_file():
+        print(f"error: {model_dir}: not a model folder (no config.json)", file=sys.stderr)
+        return 2
+    vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir))
+    log_probs, keys, texts, audio, compute = acoustic_outputs(model_dir, args.shards, args.index,
+                                                              args.max_batch_seconds)
+    refs = [vocab.normalizer(t) for t in texts]
+    inverse = {i: t for t, i in vocab.tokens.items()}
+    start = time.perf_counter()
+    greedy = [greedy_decode(lp, inverse, vocab.pad_id)[0] for lp in log_probs]
+    greedy_seconds = time.perf_counter() - start
+    result = {"utterances": len(refs), "audio_seconds": audio, "greedy": score(refs, greedy),
+              "real_time_factor": {"acoustic_model": compute / audio, "greedy": greedy_seconds / audio}}
+    lm_hyps = None
+    if args.lm:
+        lm_file = find_lm_file(args.lm)
+        labels = labels_from_vocab(vocab.tokens, size=log_probs[0].shape[-1] if log_probs else None)
+        points = [(a, b) for a in args.alphas for b in args.betas] if args.tune else [(args.alpha, args.beta)]
+        best, grid = None, []
+        # one decoder, one KenLM load for the whole grid; batches in a fork pool made after it
+        with BeamDecoder(labels, lm_file, load_unigrams(lm_file), points[0][0], points[0][1], args.beam_width,
+                         processes=args.workers or os.cpu_count() or 1) as decoder:
+            for alpha, beta in tqdm(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1):
+                decoder.set_weights(alpha, beta)
+                start = time.perf_counter()
+                hyps = decoder.decode_batch(log_probs)
+                seconds = time.perf_counter() - start
+                figures = {**score(refs, hyps), "alpha": alpha, "beta": beta}
+                grid.append(figures)
+                if best is None or (figures["wer"], figures["cer"]) < (best[0]["wer"], best[0]["cer"]):
+                    best = (figures, hyps, seconds)
+        result["lm"] = {**best[0], "lm": str(lm_file), "beam_width": args.beam_width}
+        result["real_time_factor"]["lm"] = best[2] / audio
+        if args.tune:
+            result["grid"] = grid
+        lm_hyps = best[1]
+    print_report(result, args.tune)
+    rows = per_utterance(keys, refs, greedy, lm_hyps)
+    if args.errors:
+        Path(args.errors).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    for r in sorted(rows, key=lambda r: -r["wer"])[: args.worst]:
+        print(f"  {r['key']}  WER {100 * r['wer']:.0f}%\n    ref: {r['ref']}\n    hyp: {r['hyp']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def per_utterance(keys, refs, greedy, lm_hyps) -> list[dict]:
+    rows = []
+    for i, (key, ref, hyp) in enumerate(zip(keys, refs, greedy, strict=True)):
+        best = lm_hyps[i] if lm_hyps is not None else hyp
+        counts = ErrorCounts.of([ref], [best])
+        rows.append({"key": key, "ref": ref, "hyp": best, "greedy": hyp, "wer": counts.wer, "cer": counts.cer,
+                     "word_edits": counts.word_edits, "words": counts.words})
+    return rows
+
+
+def print_report(result: dict, tuned: bool) -> None:
+    print(f"\n{result['utterances']} utterances, {result['audio_seconds'] / 60:.1f} min of audio")
+    print(f"{'decoding':28} {'WER':>7} {'CER':>7}")
+    g = result["greedy"]
+    print(f"{'greedy':28} {100 * g['wer']:6.2f}% {100 * g['cer']:6.2f}%")
+    if "lm" in result:
+        lm = result["lm"]
+        name = f"LM a={lm['alpha']:g} b={lm['beta']:g}" + (" (tuned)" if tuned else "")
+        print(f"{name:28} {100 * lm['wer']:6.2f}% {100 * lm['cer']:6.2f}%")
+    rtf = ", ".join(f"{k} {v:.4f}" for k, v in result["real_time_factor"].items())
+    print(f"real-time factor: {rtf}")
+

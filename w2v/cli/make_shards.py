@@ -1,0 +1,66 @@
+"""Turn a speech corpus into 16 kHz WebDataset tar shards with an index.
+
+    w2v-make-shards SRC --out DIR [--format auto|commonvoice|librispeech|manifest]
+
+SRC: a Common Voice TSV (or locale folder with --split), a LibriSpeech split folder, or a
+JSONL/CSV/TSV manifest with an audio/path column and a text/sentence column.
+Exit codes: 0 done, 2 the source or the output folder is unusable (nothing was written).
+"""
+
+import argparse
+import os
+import sys
+
+from w2v.data.audio import CODECS, RESAMPLERS
+from w2v.data.corpus import FORMATS, CorpusError, open_corpus
+from w2v.data.sharding import ShardOptions, make_shards
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="Common Voice TSV or folder, LibriSpeech split folder, or manifest file")
+    p.add_argument("--out", required=True, help="output folder for the shards, index.json and skipped.jsonl")
+    p.add_argument("--format", default="auto", choices=FORMATS)
+    p.add_argument("--split", default=None, help="Common Voice split when SRC is a locale folder (default train)")
+    p.add_argument("--name", default=None, help="shard file prefix (default: the output folder's name)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    p.add_argument("--codec", default="flac", choices=CODECS)
+    p.add_argument("--resampler", default="soxr", choices=RESAMPLERS)
+    p.add_argument("--device", default="cpu", help="torch device for --resampler torchaudio (e.g. cuda)")
+    p.add_argument("--max-shard-bytes", type=float, default=256 * 1024**2, help="cut shards at this size")
+    p.add_argument("--max-shard-samples", type=int, default=0, help="cut shards at this many samples (0: no cap)")
+    p.add_argument("--min-duration", type=float, default=None, help="skip utterances shorter than this (s)")
+    p.add_argument("--max-duration", type=float, default=None, help="skip utterances longer than this (s)")
+    p.add_argument("--overwrite", action="store_true", help="replace shards in a non-empty output folder")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device != "cpu" and args.resampler != "torchaudio":
+        print("error: --device applies to --resampler torchaudio only", file=sys.stderr)
+        return 2
+    if args.device != "cpu" and args.workers > 1:
+        args.workers = 1  # one process owns the GPU; it is not the bottleneck there
+    try:
+        corpus = open_corpus(args.src, args.format, args.split)
+    except CorpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    opts = ShardOptions(codec=args.codec, resampler=args.resampler, device=args.device,
+                        min_duration=args.min_duration, max_duration=args.max_duration,
+                        max_shard_bytes=int(args.max_shard_bytes), max_shard_samples=args.max_shard_samples,
+                        workers=max(1, args.workers))
+    print(f"{corpus.format} corpus at {args.src} → {args.out} ({opts.workers} workers, {opts.codec}, "
+          f"{opts.resampler})", file=sys.stderr)
+    try:
+        summary = make_shards(corpus, args.out, opts, args.name, args.overwrite, progress=not args.no_progress)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.text())
+    if summary.skipped:
+        print(f"skipped inputs and reasons: {os.path.join(args.out, 'skipped.jsonl')}")
+    return 0
+

@@ -1,0 +1,266 @@
+"""The streaming loader: tar shards → length-bucketed, normalised, padded CTC batches for one rank.
+
+1. **Plan from metadata** (`w2v.data.plan`): which worker reads which samples and how they are
+   batched, the same on every rank and every rerun.
+2. **Stream audio.** Each worker reads its shards sequentially (`w2v.data.tar`: local files, or any
+   URL WebDataset's `gopen` opens), decodes only the members its plan needs from bytes in memory
+   (`w2v.data.decode`), and releases each planned batch as soon as its last member is decoded.
+   Memory is bounded by the shuffle buffer plus the bucketer's buffer.
+3. **Normalise and pad** (`w2v.data.padding`, numba): zero mean / unit variance per utterance into
+   one float32 batch, a bool `attention_mask` when the model wants one, labels padded with -100.
+
+Resume is exact and cheap: the state is (epoch, batches consumed per worker); the plan is recomputed
+and each worker skips what was consumed without decoding it. Bad data (a truncated shard, a member
+that does not decode) is logged, counted and skipped; a batch that loses all its members is still
+yielded, as an `empty` batch, so that ranks stay in step.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from w2v.data.audio import encode
+from w2v.data.bucketing import bucket_edges, padding_fraction
+from w2v.data.decode import decode_member
+from w2v.data.flac import decode_flac
+from w2v.data.index import SAMPLE_RATE, resolve_shards
+from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad, pad_labels
+from w2v.data.plan import LoaderConfig, SampleTable, Segment, WorkerPlan, count_drops, plan_epoch
+from w2v.data.tar import tar_members
+
+log = logging.getLogger(__name__)
+
+
+class _Batcher:
+    """Turns one worker's plan into batches, reading its shards once, sequentially."""
+
+    def __init__(self, table: SampleTable, plan: WorkerPlan, cfg: LoaderConfig, worker: int, skip: int):
+        self.table, self.plan, self.cfg, self.worker, self.skip = table, plan, cfg, worker, skip
+        self.stats: Counter = Counter(plan.drops)
+        n = len(plan.stream)
+        self.batch_of = np.full(n, -1, dtype=np.int64)  # stream position → its batch (or -1: dropped)
+        for j in range(plan.num_batches):
+            self.batch_of[plan.order[plan.offsets[j]:plan.offsets[j + 1]]] = j
+        # A batch can be released once the reader has passed its last member.
+        self.ready_at = np.array([plan.order[plan.offsets[j]:plan.offsets[j + 1]].max(initial=-1)
+                                  for j in range(plan.num_batches)], dtype=np.int64)
+
+    def __iter__(self) -> Iterator[dict]:
+        plan, pending = self.plan, {}
+        next_batch = self.skip
+        for seg in plan.segments:
+            needed = self.batch_of[seg.start:seg.start + len(seg.ids)] >= self.skip
+            if not needed.any():
+                continue
+            # release each batch as soon as the reader has passed its last member: memory stays
+            # bounded by the plan's buffers, not by the shard size
+            for passed in self._read_segment(seg, needed, pending):
+                while next_batch < plan.num_batches and self.ready_at[next_batch] <= passed:
+                    yield self._make_batch(next_batch, pending)
+                    next_batch += 1
+        while next_batch < plan.num_batches:  # empty batches, and any left after a bad shard
+            yield self._make_batch(next_batch, pending)
+            next_batch += 1
+
+    def _read_segment(self, seg: Segment, needed: np.ndarray, pending: dict) -> Iterator[int]:
+        """Decodes the needed members of one shard into `pending`; yields the stream position passed."""
+        shard = self.table.shards[seg.shard]
+        want = {shard.keys[self.table.local[i]]: seg.start + k for k, i in enumerate(seg.ids) if needed[k]}
+        try:
+            for key, ext, data in tar_members(shard.url, shard.bytes):
+                pos = want.get(key)
+                if pos is None or ext == "json":
+                    continue
+                del want[key]
+                start = time.perf_counter()
+                try:
+                    pending[pos] = decode_member(data, self.cfg.flac_decoder)
+                except Exception as exc:  # noqa: BLE001 (any decoder failure is a skipped member)
+                    self.stats["undecodable_member"] += 1
+                    log.warning("%s: member %s.%s does not decode (%s); skipped", shard.url, key, ext, exc)
+                self.stats["decode_seconds_x1e6"] += int((time.perf_counter() - start) * 1e6)
+                yield pos
+                if not want:
+                    break
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            self.stats["corrupt_shard"] += 1
+            log.warning("%s: unreadable after some members (%s); the rest of this shard is skipped", shard.url, exc)
+        if want:
+            self.stats["missing_member"] += len(want)
+            log.warning("%s: %d indexed samples missing or unreadable; skipped", shard.url, len(want))
+        yield seg.start + len(seg.ids) - 1
+
+    def _make_batch(self, j: int, pending: dict) -> dict:
+        plan, table = self.plan, self.table
+        positions = [int(p) for p in plan.order[plan.offsets[j]:plan.offsets[j + 1]]]
+        present = [p for p in positions if p in pending]
+        waves = [pending.pop(p) for p in present]
+        ids = [int(plan.stream[p]) for p in present]
+        batch: dict = {"worker": self.worker, "index": j, "empty": not waves, "stats": dict(self.stats)}
+        labels = [table.labels[i] for i in ids] if table.labels is not None else None
+        if not waves:  # a stand-in the training loop weights by zero: ranks stay in step
+            waves = [np.zeros(SAMPLE_RATE, np.int16)]
+            labels = None if labels is None else [np.full(1, -100, np.int64)]
+        values = normalize_and_pad(waves)
+        sizes = [len(w) for w in waves]
+        lengths = torch.tensor(sizes, dtype=torch.int64)
+        batch["input_values"] = torch.from_numpy(values)
+        batch["input_lengths"] = lengths
+        if self.cfg.return_attention_mask:
+            # bool, from the lengths: a quarter of the bytes of an int32 mask written sample by sample
+            # (the model only sums it and compares it); equal to the HF mask as integers
+            batch["attention_mask"] = torch.from_numpy(attention_mask_from_lengths(sizes, values.shape[1]))
+        if labels is not None:
+            batch["labels"] = torch.from_numpy(pad_labels(labels))
+        batch["keys"] = [table.shards[table.shard_of[i]].keys[table.local[i]] for i in ids]
+        batch["texts"] = [table.shards[table.shard_of[i]].texts[table.local[i]] for i in ids]
+        batch["audio_seconds"] = float(lengths.sum()) / SAMPLE_RATE if ids else 0.0
+        batch["padded_seconds"] = float(values.size) / SAMPLE_RATE if ids else 0.0
+        return batch
+
+
+_kernels_ready = False
+
+
+def _load_kernels() -> None:
+    """Compile or load this process's numba kernels now, before DataLoader forks its workers: they
+    inherit them instead of each loading them from the cache again every epoch."""
+    global _kernels_ready
+    if not _kernels_ready:
+        decode_flac(encode(np.zeros(64, np.int16), "flac"))
+        normalize_and_pad([np.zeros(8, np.int16)])
+        _kernels_ready = True
+
+
+class _EpochStream(torch.utils.data.IterableDataset):
+    """What each DataLoader worker runs: its plan for (epoch, rank, worker), minus consumed batches."""
+
+    def __init__(self, loader: SpeechLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None:
+            torch.set_num_threads(1)  # decoding workers must not fight the training process for cores
+        ld = self.loader
+        plan = ld.plans()[ld.rank][worker]
+        yield from _Batcher(ld.table, plan, ld.cfg, worker, ld.consumed[worker])
+
+
+class SpeechLoader:
+    """Batches for one rank: `for batch in loader` per epoch; `set_epoch`, `len`, state for resume.
+
+    Batches are dicts: `input_values` float32 [B, T] (normalised, zero padded), `input_lengths`,
+    `attention_mask` bool [B, T] (when `return_attention_mask`: layer-norm models such as XLS-R;
+    group-norm wav2vec2-base must not get one), `labels` int64 [B, L] padded with -100, `keys`,
+    `texts`, `audio_seconds`, `padded_seconds`, `empty` (a zero-weight stand-in that keeps ranks in
+    step), and `stats` (the worker's running counters: drops by reason, corrupt members).
+    """
+
+    def __init__(self, shards: str | Path | Sequence[str], cfg: LoaderConfig | None = None, *,
+                 labeler: Callable[[str], Sequence[int]] | None = None, rank: int = 0, world_size: int = 1,
+                 conv_kernel: Sequence[int] | None = None, conv_stride: Sequence[int] | None = None,
+                 index: str | None = None):
+        self.cfg = cfg or LoaderConfig()
+        self.rank, self.world = rank, world_size
+        self.workers = max(1, self.cfg.num_workers)
+        self.table = SampleTable.build(resolve_shards(shards, index), labeler, self.cfg.min_duration,
+                                       self.cfg.max_duration, conv_kernel, conv_stride, self.cfg.max_batch_seconds)
+        kept = self.table.durations[self.table.kept()]
+        if len(kept) == 0:
+            raise ValueError(f"no sample of {shards!r} passes the filters: {self.drops_at_plan()}")
+        self.edges = bucket_edges(kept, self.cfg.num_buckets)
+        self.epoch = 0
+        self.consumed = [0] * self.workers
+        self._plans: tuple[int, list] | None = None
+        self.worker_stats: dict[int, dict] = {}
+        self.wait_seconds = 0.0
+
+    def drops_at_plan(self) -> dict[str, int]:
+        return count_drops(self.table.drop_reason)
+
+    def plans(self) -> list[list[WorkerPlan]]:
+        if self._plans is None or self._plans[0] != self.epoch:
+            self._plans = (self.epoch, plan_epoch(self.table, self.cfg, self.epoch, self.world, self.workers,
+                                                  self.edges))
+        return self._plans[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.consumed = epoch, [0] * self.workers
+
+    def __len__(self) -> int:
+        return sum(p.num_batches for p in self.plans()[self.rank])
+
+    @property
+    def finished(self) -> bool:
+        """Every batch of this epoch has been consumed (a checkpoint may land exactly here)."""
+        return sum(self.consumed) == len(self)
+
+    def padding_fraction(self) -> float:
+        """The plan's padding fraction for this rank and epoch (what the bucketer achieves)."""
+        real = padded = 0.0
+        for p in self.plans()[self.rank]:
+            seconds = self.table.durations[p.stream]
+            frac = padding_fraction(p.order, p.offsets, seconds)
+            real += seconds[p.order].sum()
+            padded += seconds[p.order].sum() / (1.0 - frac) if frac < 1 else 0.0
+        return 1.0 - real / padded if padded else 0.0
+
+    def __iter__(self) -> Iterator[dict]:
+        plans = self.plans()[self.rank]
+        if self.finished:  # iterating a finished epoch again: a new pass over the same epoch
+            self.consumed = [0] * self.workers
+        remaining = [p.num_batches - c for p, c in zip(plans, self.consumed, strict=True)]
+        # the canonical order: round-robin over workers by batch index, whatever DataLoader delivers
+        expected = sorted(((c + k, w) for w, c in enumerate(self.consumed) for k in range(remaining[w])))
+        if self.cfg.num_workers == 0:  # in process: no DataLoader, whose per-batch conversion walks every key
+            source = iter(_EpochStream(self))
+        else:
+            _load_kernels()
+            source = iter(torch.utils.data.DataLoader(
+                _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
+                persistent_workers=False, prefetch_factor=4, multiprocessing_context="fork",
+                # its own generator: creating the iterator must not draw from the global torch RNG, or
+                # a resumed run (new iterator mid-epoch) would see other dropout masks than an uninterrupted one
+                generator=torch.Generator().manual_seed(self.cfg.seed)))
+        held: dict[tuple[int, int], dict] = {}
+        for index, worker in expected:
+            start = time.perf_counter()
+            while (worker, index) not in held:
+                batch = next(source)
+                held[(batch["worker"], batch["index"])] = batch
+            self.wait_seconds += time.perf_counter() - start
+            batch = held.pop((worker, index))
+            self.consumed[worker] = index + 1
+            self.worker_stats[worker] = batch["stats"]
+            yield batch
+
+    def diagnostics(self) -> dict:
+        """Counters the training loop logs: drops by reason, corrupt members, loader wait, decode time."""
+        totals: Counter = Counter()
+        for stats in self.worker_stats.values():
+            totals.update(stats)
+        decode = totals.pop("decode_seconds_x1e6", 0) / 1e6
+        return {"drops": dict(totals), "loader_wait_seconds": self.wait_seconds, "decode_seconds": decode}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": list(self.consumed), "seed": self.cfg.seed,
+                "world_size": self.world, "num_workers": self.workers, "num_samples": len(self.table)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in (("world_size", self.world), ("num_workers", self.workers),
+                          ("num_samples", len(self.table)), ("seed", self.cfg.seed)):
+            if state[key] != mine:
+                raise ValueError(f"loader state was saved with {key}={state[key]}, this run has {mine}: "
+                                 "exact resume needs the same shards, seed, world size and workers")
+        self.epoch, self.consumed = state["epoch"], list(state["consumed"])

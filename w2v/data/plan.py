@@ -1,0 +1,254 @@
+"""The epoch plan: which worker of which rank reads which samples, and how they are batched.
+
+Metadata only, no I/O: everything here is computed from the shard index (durations, texts), so it
+is a pure function of (seed, epoch, rank, worker). For each epoch the shard order is shuffled from
+(seed, epoch) and split by rank, then by dataloader worker (by sample when there are fewer shards
+than ranks or workers); each worker's read order goes through a bounded shuffle buffer, the
+filters (duration bounds, CTC feasibility) and the numba bucketer (`w2v.data.bucketing`). Every
+rank computes every rank's batch count and splits batches until all have the same number: no DDP
+hang, and in epoch mode every sample is used exactly once per epoch across ranks and workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from w2v.data.bucketing import equalize_batch_count, plan_batches, shuffle_order
+from w2v.data.decode import FLAC_DECODERS
+from w2v.data.index import SAMPLE_RATE, ShardMeta
+
+
+def output_frames(num_samples: np.ndarray, conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> np.ndarray:
+    """Frames the wav2vec2 conv feature encoder produces for inputs of these lengths."""
+    n = np.asarray(num_samples, dtype=np.int64)
+    for k, s in zip(conv_kernel, conv_stride, strict=True):
+        n = np.maximum((n - k) // s + 1, 0)
+    return n
+
+
+def ctc_min_frames(labels: np.ndarray) -> int:
+    """CTC needs one frame per label plus a blank between each pair of equal adjacent labels."""
+    if len(labels) == 0:
+        return 0
+    return int(len(labels) + np.count_nonzero(labels[1:] == labels[:-1]))
+
+
+# Why a sample is left out of the plan: code i + 1 is DROP_REASONS[i]; 0 (KEPT) means it is planned.
+DROP_REASONS = ("below_min_duration", "above_max_duration", "empty_labels", "ctc_infeasible")
+KEPT = 0
+BELOW_MIN_DURATION, ABOVE_MAX_DURATION, EMPTY_LABELS, CTC_INFEASIBLE = range(1, len(DROP_REASONS) + 1)
+
+
+def count_drops(codes: np.ndarray) -> dict[str, int]:
+    """{reason: count} for the dropped samples among `codes` (kept ones are not listed)."""
+    counts = np.bincount(codes, minlength=len(DROP_REASONS) + 1)
+    return {reason: int(counts[i + 1]) for i, reason in enumerate(DROP_REASONS) if counts[i + 1]}
+
+
+@dataclass
+class SampleTable:
+    """Every sample of every shard, as flat arrays (global sample id = row)."""
+
+    shards: list[ShardMeta]
+    shard_of: np.ndarray  # int32: shard index per sample
+    local: np.ndarray  # int32: position inside its shard
+    durations: np.ndarray  # float64 seconds
+    labels: list[np.ndarray] | None  # int64 ids per sample, None without a labeler
+    drop_reason: np.ndarray  # int8 per sample: KEPT, or the code of the filter that drops it
+
+    @classmethod
+    def build(cls, shards: list[ShardMeta], labeler: Callable[[str], Sequence[int]] | None,
+              min_duration: float | None, max_duration: float | None,
+              conv_kernel: Sequence[int] | None, conv_stride: Sequence[int] | None,
+              max_batch_seconds: float) -> SampleTable:
+        counts = [len(s.keys) for s in shards]
+        shard_of = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
+        local = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if counts else np.zeros(0, np.int32)
+        durations = np.concatenate([s.durations for s in shards]) if shards else np.zeros(0)
+        reason = np.zeros(len(durations), dtype=np.int8)  # the first filter that drops a sample names it
+        if min_duration:
+            reason[durations < min_duration] = BELOW_MIN_DURATION
+        cap = min(max_duration or np.inf, max_batch_seconds)  # longer than a batch cannot be batched
+        reason[(durations > cap) & (reason == KEPT)] = ABOVE_MAX_DURATION
+        labels = None
+        if labeler is not None:
+            labels = [np.asarray(labeler(t), dtype=np.int64) for s in shards for t in s.texts]
+            need = np.array([ctc_min_frames(lab) for lab in labels], dtype=np.int64)
+            reason[(need == 0) & (reason == KEPT)] = EMPTY_LABELS
+            if conv_kernel is not None:
+                frames = output_frames(np.rint(durations * SAMPLE_RATE), conv_kernel, conv_stride)
+                reason[(need > frames) & (reason == KEPT)] = CTC_INFEASIBLE
+        return cls(shards, shard_of, local, durations, labels, reason)
+
+    def kept(self) -> np.ndarray:
+        """bool per sample: not dropped by a filter."""
+        return self.drop_reason == KEPT
+
+    def __len__(self) -> int:
+        return len(self.durations)
+
+
+# ----------------------------------------------------------------------------------------------
+# The plan: which worker reads what, and how it batches
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Segment:
+    shard: int  # shard index
+    start: int  # first stream position of this segment
+    ids: np.ndarray  # global sample ids read from this shard, in order
+
+
+@dataclass
+class WorkerPlan:
+    segments: list[Segment]
+    stream: np.ndarray  # global sample id per stream position (read order)
+    order: np.ndarray  # batches: stream positions, batch j = order[offsets[j]:offsets[j+1]]
+    offsets: np.ndarray
+    drops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_batches(self) -> int:
+        return len(self.offsets) - 1
+
+
+def _split(items: np.ndarray, part: int, parts: int, by_shard: bool, shard_of: np.ndarray) -> np.ndarray:
+    """Samples of `part` out of `parts`: whole shards when there are enough, else every parts-th sample."""
+    if parts == 1:
+        return items
+    if by_shard:
+        # each shard's rank among the shards of `items`, in order of first appearance (vectorised:
+        # this runs for every rank and worker of a cluster, over every sample)
+        shards = shard_of[items]
+        uniq, first = np.unique(shards, return_index=True)
+        rank_of = np.empty(int(uniq.max()) + 1, dtype=np.int64)
+        rank_of[uniq[np.argsort(first)]] = np.arange(len(uniq))
+        return items[rank_of[shards] % parts == part]
+    return items[part::parts]
+
+
+def _segments(ids: np.ndarray, shard_of: np.ndarray) -> list[Segment]:
+    """Consecutive runs of the same shard in a read order."""
+    if len(ids) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(shard_of[ids])) + 1
+    starts = np.concatenate([[0], cuts])
+    return [Segment(int(shard_of[ids[s]]), int(s), ids[s:e])
+            for s, e in zip(starts, np.concatenate([cuts, [len(ids)]]), strict=True)]
+
+
+def _batch_stream(table: SampleTable, ids: np.ndarray, cfg: LoaderConfig, seed: int,
+                  edges: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Shuffle buffer → filters → bucketer over one worker's read order; batches as stream positions."""
+    positions = np.arange(len(ids), dtype=np.int64)
+    if cfg.shuffle and cfg.shuffle_buffer > 1 and len(ids) > 1:
+        positions = shuffle_order(len(ids), cfg.shuffle_buffer, seed)
+    reasons = table.drop_reason[ids[positions]]
+    keep = reasons == KEPT
+    drops = count_drops(reasons[~keep])
+    positions = positions[keep]
+    order, offsets = plan_batches(table.durations[ids[positions]], edges, cfg.max_batch_seconds,
+                                  cfg.max_batch_size, cfg.bucket_buffer, cfg.lookahead, seed)
+    return positions[order], offsets, drops
+
+
+@dataclass
+class LoaderConfig:
+    max_batch_seconds: float = 200.0
+    max_batch_size: int = 0
+    num_buckets: int = 30
+    bucket_buffer: int = 20000
+    # Batches' worth of samples a bucket queues before emitting: 2 pads ~2% (1: ~4%, Lhotse's rule).
+    # Memory per worker is about num_buckets × lookahead × max_batch_seconds of audio at most.
+    lookahead: int = 2
+    shuffle: bool = True
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    min_duration: float | None = None
+    max_duration: float | None = None
+    mode: str = "epoch"  # "epoch": each sample once per epoch; "resampled": shards drawn with replacement
+    steps_per_epoch: int | None = None  # resampled mode: batches per rank per epoch
+    return_attention_mask: bool = True
+    num_workers: int = 0
+    # "w2v": mono 16-bit FLAC through w2v.data.flac (faster); "soundfile": always libsndfile
+    flac_decoder: str = "w2v"
+
+    def __post_init__(self) -> None:
+        if self.flac_decoder not in FLAC_DECODERS:
+            raise ValueError(f"flac_decoder must be one of {FLAC_DECODERS}, not {self.flac_decoder!r}")
+        if self.mode not in ("epoch", "resampled"):
+            raise ValueError(f"mode must be 'epoch' or 'resampled', not {self.mode!r}")
+
+
+def plan_epoch(table: SampleTable, cfg: LoaderConfig, epoch: int, world: int, workers: int,
+               edges: np.ndarray) -> list[list[WorkerPlan]]:
+    """plans[rank][worker] for one epoch, equal batch counts per rank."""
+    if cfg.mode == "resampled":
+        return [[_resampled_plan(table, cfg, epoch, r, w, world, workers, edges) for w in range(workers)]
+                for r in range(world)]
+    rng = np.random.default_rng([cfg.seed, epoch])
+    shard_order = rng.permutation(len(table.shards)) if cfg.shuffle else np.arange(len(table.shards))
+    # every sample id in read order: shards in the epoch's order, samples in tar order
+    starts = np.concatenate([[0], np.cumsum([len(s.keys) for s in table.shards])]).astype(np.int64)
+    all_ids = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in shard_order]) if len(starts) > 1 \
+        else np.zeros(0, np.int64)
+    plans = []
+    for rank in range(world):
+        rank_ids = _split(all_ids, rank, world, len(table.shards) >= world, table.shard_of)
+        n_rank_shards = len(np.unique(table.shard_of[rank_ids])) if len(rank_ids) else 0
+        rank_plans = []
+        for worker in range(workers):
+            ids = _split(rank_ids, worker, workers, n_rank_shards >= workers, table.shard_of)
+            order, offsets, drops = _batch_stream(table, ids, cfg, _seed(cfg.seed, epoch, rank, worker), edges)
+            rank_plans.append(WorkerPlan(_segments(ids, table.shard_of), ids, order, offsets, drops))
+        plans.append(rank_plans)
+    target = max(sum(p.num_batches for p in rank_plans) for rank_plans in plans)
+    for rank_plans in plans:
+        _equalize(rank_plans, table, target)
+    return plans
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _equalize(worker_plans: list[WorkerPlan], table: SampleTable, target: int) -> None:
+    """Give this rank exactly `target` batches: split batches, or add empty ones if it must."""
+    have = [p.num_batches for p in worker_plans]
+    want = list(have)
+    for _ in range(target - sum(have)):  # each extra batch goes to the worker with the fullest batches
+        room = [(len(p.order) - want[i]) / max(want[i], 1) for i, p in enumerate(worker_plans)]
+        want[int(np.argmax(room))] += 1
+    for p, n in zip(worker_plans, want, strict=True):
+        if n > p.num_batches:
+            p.order, p.offsets = equalize_batch_count(p.order, p.offsets, table.durations[p.stream], n)
+        if p.num_batches < n:  # fewer samples than batches: empty batches keep the ranks in step
+            p.offsets = np.concatenate([p.offsets, np.full(n - p.num_batches, p.offsets[-1])])
+
+
+def _resampled_plan(table: SampleTable, cfg: LoaderConfig, epoch: int, rank: int, worker: int,
+                    world: int, workers: int, edges: np.ndarray) -> WorkerPlan:
+    """Shards drawn with replacement until this worker has its share of `steps_per_epoch` batches."""
+    if not cfg.steps_per_epoch:
+        raise ValueError("mode 'resampled' needs steps_per_epoch")
+    need = cfg.steps_per_epoch // workers + (1 if worker < cfg.steps_per_epoch % workers else 0)
+    rng = np.random.default_rng([cfg.seed, epoch, rank, worker, 7])
+    starts = np.concatenate([[0], np.cumsum([len(s.keys) for s in table.shards])]).astype(np.int64)
+    kept_seconds = table.durations[table.kept()].sum()
+    if kept_seconds <= 0:
+        raise ValueError("no sample passes the filters")
+    drawn: list[int] = []
+    while True:
+        per_shard = kept_seconds / len(table.shards)
+        while len(drawn) * per_shard < 1.2 * need * cfg.max_batch_seconds + per_shard:
+            drawn.append(int(rng.integers(len(table.shards))))
+        ids = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in drawn])
+        order, offsets, drops = _batch_stream(table, ids, cfg, _seed(cfg.seed, epoch, rank, worker), edges)
+        if len(offsets) - 1 >= need:
+            offsets = offsets[: need + 1]
+            return WorkerPlan(_segments(ids, table.shard_of), ids, order[: offsets[-1]], offsets, drops)
+        drawn.append(int(rng.integers(len(table.shards))))

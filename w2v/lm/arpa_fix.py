@@ -1,0 +1,328 @@
+"""Adding the missing ``</s>`` to an ARPA file, quickly: :func:`fix_arpa` and :class:`FixResult`.
+
+Why ``</s>`` goes missing: lmplz appends ``</s>`` only when it reads a newline, so a corpus written
+as one line (``" ".join(texts)``) gives an ARPA without it, and ``kenlm.Model`` refuses such a
+file. The real fix is to rebuild from one sentence per line, each ending with a newline. The
+``</s>`` loop from Hugging Face's blog post "Boosting Wav2Vec2 with n-grams in Transformers" (kept
+verbatim as ``ARPA_EOS_LOOP`` in ``benchmarks/baselines.py``) patches the file instead: it copies
+the ``<s>`` 1-gram line as ``</s>`` and raises ``ngram 1=`` by one. :func:`fix_arpa` does exactly
+that patch (byte for byte the loop's output on normal files), but
+
+* streams: only the ``\\data\\`` header and the 1-gram section are parsed (the head scan);
+  everything after them (all higher orders, nearly all of the bytes) is copied by the kernel for
+  plain files;
+* raises the count as an integer (the loop's ``str.replace`` turns ``ngram 1=1`` into ``ngram 2=2``);
+* is idempotent: a file that already has ``</s>`` comes out unchanged;
+* is atomic (:class:`w2v.atomic.AtomicFile`): the output appears under its name only when complete.
+
+Fixing checks the structure of what it parses (header, 1-grams, the next section header) and that
+the file ends with ``\\end\\`` (which catches truncation); it does not re-validate the entries it
+copies: :func:`w2v.lm.arpa_check.check_arpa` (``w2v-fix-arpa --check``) does. Standard library
+only: fixing from the command line imports neither numpy nor numba.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import os
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from w2v.atomic import AtomicFile
+from w2v.lm.arpa import (
+    BOS,
+    COUNT_LINE,
+    EOS,
+    ArpaError,
+    Header,
+    Reader,
+    check_lines,
+    count_mismatch,
+    expect_section,
+    open_input,
+    read_header,
+    section_stop,
+    truncated,
+)
+
+_FIX_CHUNK = 1 << 20  # read size of the fixer, which reads only the header and the 1-grams
+_SPOOL_IN_MEMORY = 8 << 20  # the fixer keeps the header + 1-grams in memory up to this size, then on disk
+
+
+@dataclass
+class FixResult:
+    """What :func:`fix_arpa` did; ``message`` says it in a sentence for people."""
+
+    src: str
+    dst: str
+    changed: bool  # False: the input already had </s> and dst is an identical copy
+    unigrams_before: int
+    unigrams_after: int
+    bytes_written: int  # uncompressed bytes
+    seconds: float
+    message: str
+
+
+# Everything but TAB, newline and space, deleted by bytes.translate to see a block's field layout.
+_NOT_LAYOUT = bytes(c for c in range(256) if c not in b"\t\n ")
+
+
+def _plain_unigram_lines(block: bytes) -> int | None:
+    """The number of lines when each line of ``block`` passes bytes-level 1-gram checks, else None.
+
+    A handful of C-speed passes instead of a Python loop: one or two TABs per line, no spaces (a
+    1-gram is one word), and each log prob starts with '-' or is an exact 0 (lmplz writes 0 for
+    <s>). A blank line or a section header fails too, so a block that passes lies inside the
+    section. None means: look closer (section_stop, check_lines).
+    """
+    layout = block.translate(None, _NOT_LAYOUT).replace(b"\t\t\n", b"\t\n")  # the backoff is optional
+    lines = layout.count(b"\n")
+    if layout != b"\t\n" * lines:
+        return None
+    # The block ends with a newline, so each "\n-" found starts a line of the block.
+    negative = block.count(b"\n-") + (block[:1] == b"-")
+    if negative != lines and negative + block.count(b"\n0\t") + block.startswith(b"0\t") != lines:
+        return None
+    return lines
+
+
+def _find_word_line(block: bytes, word: bytes) -> tuple[int, int] | None:
+    """(start, end) of the 1-gram line whose word is ``word`` in a block of 1-gram lines."""
+    needle = b"\t" + word
+    i = block.find(needle)
+    while i >= 0:
+        after = i + len(needle)
+        if block[after:after + 1] in (b"\t", b"\n"):
+            return block.rfind(b"\n", 0, i) + 1, block.index(b"\n", i) + 1
+        i = block.find(needle, after)
+    return None
+
+
+@dataclass
+class _Head:
+    """What the head scan found: the header, the 1-gram count, the <s> and </s> lines."""
+
+    header: Header
+    unigrams: int
+    bos_line: bytes | None
+    bos_end: int  # file offset right after the <s> line
+    bos_line_no: int
+    eos_line_no: int  # 0: no </s>
+    head_end: int  # file offset of the end of the 1-gram entries
+
+
+def _scan_head(rd: Reader) -> _Head:
+    """Read and check the header and the 1-grams; find the <s> and </s> lines."""
+    header = read_header(rd)
+    expect_section(rd, 1)
+    wanted = header.counts[0]  # and there are higher orders: read_header saw to it
+    found, bos_line, bos_end, bos_line_no, eos_line_no = 0, None, 0, 0, 0
+    while True:
+        stop = rd.whole_lines()
+        if not stop:
+            raise truncated(rd, 1, found, wanted, last=False)
+        block = bytes(memoryview(rd.buf)[rd.start:stop])
+        lines, cut = _plain_unigram_lines(block), -1
+        if lines is None:
+            cut = section_stop(block)
+            if cut >= 0:
+                block = block[:cut]
+                lines = _plain_unigram_lines(block)
+            if lines is None:  # raises at a bad line; unusual but valid lines (a log prob 0.0) pass
+                check_lines(block, rd.line_no + 1, 1, False, None)
+                lines = block.count(b"\n")
+        if bos_line is None and (span := _find_word_line(block, BOS)):
+            bos_line = block[span[0]:span[1]]
+            bos_end = rd.offset + span[1]
+            bos_line_no = rd.line_no + block.count(b"\n", 0, span[1])
+        if not eos_line_no and (span := _find_word_line(block, EOS)):
+            eos_line_no = rd.line_no + block.count(b"\n", 0, span[1])
+        rd.advance(rd.start + len(block), lines)
+        found += lines
+        if cut >= 0:
+            break
+    if found != wanted:
+        raise count_mismatch(rd, 1, found, wanted)
+    head_end = rd.offset
+    expect_section(rd, 2)
+    return _Head(header, found, bos_line, bos_end, bos_line_no, eos_line_no, head_end)
+
+
+def _require_end(tail: bytes, size: int) -> None:
+    """The fixer's cheap check of what it does not parse: the file must end with an \\end\\ line."""
+    body = tail.rstrip()
+    if body.endswith(b"\\end\\") and body[-6:-5] in (b"\n", b""):
+        return
+    raise ArpaError(None, f"the file does not end with \\end\\ (truncated at {size} bytes?); "
+                          f"`w2v-fix-arpa --check` names the line")
+
+
+def _file_tail(fd: int, n: int = 4096) -> tuple[bytes, int]:
+    size = os.fstat(fd).st_size
+    return os.pread(fd, n, max(0, size - n)), size
+
+
+def _edits(head: _Head) -> list[tuple[int, int, bytes]]:
+    """(start, end, replacement) byte edits that add </s>, as the blog's loop does; [] if not needed."""
+    if head.eos_line_no:
+        return []
+    if head.bos_line is None:
+        raise ArpaError(head.header.n1_line_no, "neither <s> nor </s> among the 1-grams: nothing to copy "
+                                                "</s> from; rebuild the LM (one sentence per line)")
+    n1 = head.header.n1_line
+    m = COUNT_LINE.fullmatch(n1)
+    assert m is not None  # read_header matched it
+    new_n1 = n1[:m.start(2)] + str(head.unigrams + 1).encode() + n1[m.end(2):]
+    start = head.header.n1_offset
+    return [(start, start + len(n1), new_n1), (head.bos_end, head.bos_end, head.bos_line.replace(BOS, EOS))]
+
+
+def _copy_exact(src: BinaryIO, dst: BinaryIO, count: int) -> None:
+    while count > 0:
+        data = src.read(min(count, 1 << 20))
+        if not data:
+            raise ArpaError(None, "input shrank while it was being copied")
+        dst.write(data)
+        count -= len(data)
+
+
+def _write_head(source: BinaryIO, edits: list[tuple[int, int, bytes]], head_end: int, out: BinaryIO) -> None:
+    """Copy the head [0, head_end) of ``source`` into ``out`` with the edits applied."""
+    source.seek(0)
+    pos = 0
+    for start, end, replacement in edits:
+        _copy_exact(source, out, start - pos)
+        source.seek(end)
+        out.write(replacement)
+        pos = end
+    _copy_exact(source, out, head_end - pos)
+
+
+def _kernel_copy(src_fd: int, dst_fd: int, offset: int) -> int:
+    """Copy src_fd[offset:] to dst_fd's position inside the kernel; returns bytes copied.
+
+    copy_file_range, else sendfile, else read/write: the first two never bring the data into
+    Python and run at page-cache speed.
+    """
+    total = 0
+    try:
+        while n := os.copy_file_range(src_fd, dst_fd, 1 << 30, offset + total):
+            total += n
+        return total
+    except OSError as e:
+        if total or e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+            raise
+    try:
+        while n := os.sendfile(dst_fd, src_fd, offset + total, 1 << 30):
+            total += n
+        return total
+    except OSError as e:
+        if total or e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    while data := os.pread(src_fd, 1 << 20, offset + total):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(dst_fd, view):]
+        total += len(data)
+    return total
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def fix_arpa(src: str | os.PathLike, dst: str | os.PathLike) -> FixResult:
+    """Write ``src`` to ``dst`` with ``</s>`` added (as the blog's loop does) when it is missing.
+
+    ``.gz`` on either name means gzip. ``dst`` may be ``src``. Checks the header, the 1-grams, the
+    next section header and that the file ends with ``\\end\\``, not the entries in between
+    (:func:`w2v.lm.arpa_check.check_arpa` does). Raises ArpaError on malformed input; ``dst`` is then left untouched.
+    """
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    with open_input(src) as (raw, src_fd), _head_copy(src_fd) as spool:
+        rd = Reader(raw, tee=spool, chunk=_FIX_CHUNK)
+        head = _scan_head(rd)
+        if src_fd is not None:
+            _require_end(*_file_tail(src_fd))  # before any output exists
+        edits = _edits(head)
+        if not edits and _same_file(src, dst) and src.suffix == dst.suffix:
+            written = os.path.getsize(src)
+        else:
+            written = _write_fixed(rd, raw if spool is None else spool, head, edits, src_fd, dst)
+    return _fix_result(src, dst, head, edits, written, time.perf_counter() - t0)
+
+
+@contextmanager
+def _head_copy(src_fd: int | None) -> Iterator[BinaryIO | None]:
+    """Where the head scan keeps what it read: nowhere for a plain file (it is read again), else a
+    spool, in memory while small (gzip cannot seek cheaply, a pipe not at all)."""
+    if src_fd is not None:
+        yield None
+        return
+    with tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY) as spool:
+        yield spool
+
+
+def _write_fixed(rd: Reader, head_source: BinaryIO, head: _Head, edits: list[tuple[int, int, bytes]],
+                 src_fd: int | None, dst: Path) -> int:
+    """Edited head, then the rest: by the kernel when both ends are plain files. ``head_source`` is
+    the input itself when it is a plain file, else the spool of what the head scan read."""
+    with AtomicFile(dst, fsync=False, buffering=0) as out_raw:  # a fixed ARPA is cheap to make again
+        out: BinaryIO = out_raw
+        if dst.suffix == ".gz":
+            out = gzip.GzipFile(filename=dst.stem, mode="wb", fileobj=out_raw, compresslevel=6, mtime=0)
+        try:
+            _write_head(head_source, edits, head.head_end, out)
+            written = head.head_end + sum(len(r) - (e - s) for s, e, r in edits)
+            if src_fd is not None and out is out_raw:
+                written += _kernel_copy(src_fd, out_raw.fileno(), head.head_end)
+            elif src_fd is not None:
+                rd.raw.seek(head.head_end)
+                written += _copy_stream(rd.raw, out)[0]
+            else:  # gzip or a pipe: what the head scan read ahead is in the spool
+                head_source.seek(head.head_end)
+                n1, tail1 = _copy_stream(head_source, out)
+                n2, tail2 = _copy_stream(rd.raw, out)
+                written += n1 + n2
+                _require_end(tail1 + tail2, written)
+        finally:
+            if out is not out_raw:
+                out.close()  # writes the gzip trailer; leaves out_raw open
+    return written
+
+
+def _copy_stream(src: BinaryIO, out: BinaryIO) -> tuple[int, bytes]:
+    """Buffered copy to the end of ``src``; returns the byte count and the last 4 KiB."""
+    total, tail = 0, b""
+    try:
+        while data := src.read(1 << 20):
+            out.write(data)
+            total += len(data)
+            tail = (tail + data[-4096:])[-4096:]
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ArpaError(None, f"cannot decompress: {e}") from e
+    return total, tail
+
+
+def _fix_result(src: Path, dst: Path, head: _Head, edits: list, written: int, seconds: float) -> FixResult:
+    n = head.unigrams
+    if edits:
+        message = (f"added </s> after <s> (line {head.bos_line_no}) and raised ngram 1= from {n} to {n + 1}: "
+                   f"wrote {dst}. This only makes the file load: lmplz leaves </s> out when the corpus "
+                   f"is one line, so rebuild from one sentence per line, each ending with a newline")
+    else:
+        message = f"{src} already has </s> (line {head.eos_line_no}): {dst} is an unchanged copy"
+    return FixResult(str(src), str(dst), bool(edits), n, n + bool(edits), written, seconds, message)
+
+
