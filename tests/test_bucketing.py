@@ -3,13 +3,8 @@
 import numpy as np
 import pytest
 
-from w2v.data.bucketing import (
-    bucket_edges,
-    equalize_batch_count,
-    padding_fraction,
-    plan_batches,
-    shuffle_order,
-)
+from w2v.data.bucketing import bucket_edges, padding_fraction, plan_batches, shuffle_order
+from w2v.data.equalize import equalize_batch_count
 
 
 def librispeech_like(n: int, seed: int = 0) -> np.ndarray:

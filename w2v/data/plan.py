@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from w2v.data.bucketing import equalize_batch_count, plan_batches, shuffle_order
+from w2v.data.bucketing import plan_batches, shuffle_order
 from w2v.data.decode import FLAC_DECODERS
+from w2v.data.equalize import equalize_batch_count
 from w2v.data.index import SAMPLE_RATE, ShardMeta
 
 
