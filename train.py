@@ -19,12 +19,13 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
@@ -79,14 +80,15 @@ def main(cfg: TrainConfig) -> None:
         f"vocabulary {len(vocab)}")
 
     # ---------------------------------------------------------------- data
-    def make_loader(shards: str, index: str | None, train: bool) -> SpeechLoader:
-        return SpeechLoader(shards, loader_config(cfg, train, use_mask), labeler=vocab.encode,
-                            rank=accelerator.process_index, world_size=accelerator.num_processes,
-                            conv_kernel=conv[0], conv_stride=conv[1], index=index)
-
-    train_loader = make_loader(cfg.train_shards, cfg.train_index, train=True)
-    eval_loader = make_loader(cfg.eval_shards, cfg.eval_index, train=False) if cfg.eval_shards else None
-    report_unknown(vocab, say)
+    ranks = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
+    train_loader = SpeechLoader(cfg.train_shards, loader_config(cfg, True, use_mask), labeler=vocab.encode,
+                                conv_kernel=conv[0], conv_stride=conv[1], index=cfg.train_index, **ranks)
+    # evaluation scores every utterance, from its text: no labels, so no label-based filters
+    eval_loader = SpeechLoader(cfg.eval_shards, loader_config(cfg, False, use_mask), index=cfg.eval_index,
+                               **ranks) if cfg.eval_shards else None
+    report_unknown("training", vocab, texts_with_unknown(train_loader, vocab), say)
+    if eval_loader is not None:
+        report_unknown("evaluation", vocab, [t for s in eval_loader.table.shards for t in s.texts], say)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     max_steps = cfg.max_steps or math.ceil(cfg.num_train_epochs * updates_per_epoch)
     say(f"train: {len(train_loader.table)} utterances, {len(train_loader)} batches per epoch and rank, "
@@ -157,7 +159,8 @@ def main(cfg: TrainConfig) -> None:
         if eval_loader is not None and (update % cfg.eval_steps == 0 or update == max_steps):
             record = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples)
             write_record(metrics_file, {"update": update, **record}, accelerator)
-            say(f"\nupdate {update}: eval WER {100 * record['eval_wer']:.2f}%  CER {100 * record['eval_cer']:.2f}%")
+            say(f"\nupdate {update}: eval WER {100 * record['eval_wer']:.2f}%  CER {100 * record['eval_cer']:.2f}% "
+                f"over {record['eval_utterances']} utterances; not scored: {record['eval_excluded'] or 'none'}")
         if update % cfg.save_steps == 0 and update < max_steps:
             save_checkpoint(accelerator, out, update, cfg, train_loader, counters, vocab_file)
     bar.close()
@@ -192,13 +195,15 @@ def check_inputs(cfg: TrainConfig) -> None:
 
 def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> LoaderConfig:
     """The loader settings for the training shards or, with train=False, the evaluation shards
-    (in order, every utterance: no shuffling, no duration filters)."""
+    (LoaderConfig.evaluation: every utterance, as w2v-evaluate scores them)."""
+    if not train:
+        return LoaderConfig.evaluation(cfg.eval_max_batch_seconds or cfg.max_batch_seconds, attention_mask,
+                                       cfg.dataloader_num_workers, max_batch_size=cfg.max_batch_size,
+                                       num_buckets=cfg.num_buckets)
     return LoaderConfig(
-        max_batch_seconds=cfg.max_batch_seconds if train else (cfg.eval_max_batch_seconds or cfg.max_batch_seconds),
-        max_batch_size=cfg.max_batch_size, num_buckets=cfg.num_buckets, shuffle=train,
-        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, min_duration=cfg.min_duration if train else None,
-        max_duration=cfg.max_duration if train else None, return_attention_mask=attention_mask,
-        num_workers=cfg.dataloader_num_workers)
+        max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, num_buckets=cfg.num_buckets,
+        shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, min_duration=cfg.min_duration,
+        max_duration=cfg.max_duration, return_attention_mask=attention_mask, num_workers=cfg.dataloader_num_workers)
 
 
 def training_texts(spec: str, index: str | None) -> list[str]:
@@ -209,10 +214,17 @@ def training_texts(spec: str, index: str | None) -> list[str]:
         raise ConfigError(str(exc)) from None
 
 
-def report_unknown(vocab: Vocabulary, say) -> None:
-    if vocab.unknown:
-        listed = ", ".join(f"{ch!r}×{n}" for ch, n in vocab.unknown.most_common(20))
-        say(f"characters outside the vocabulary (→ [UNK]): {listed}")
+def texts_with_unknown(loader: SpeechLoader, vocab: Vocabulary) -> list[str]:
+    """The training transcripts whose labels hold [UNK] (found in the labels the loader made)."""
+    texts = [t for shard in loader.table.shards for t in shard.texts]
+    return [t for t, labels in zip(texts, loader.table.labels, strict=True) if (labels == vocab.unk_id).any()]
+
+
+def report_unknown(which: str, vocab: Vocabulary, texts: list[str], say) -> None:
+    unknown = vocab.unknown_chars(texts)
+    if unknown:
+        listed = ", ".join(f"{ch!r}×{n}" for ch, n in unknown.most_common(20))
+        say(f"characters of the {which} text outside the vocabulary (→ [UNK]): {listed}")
 
 
 def iterate_forever(loader: SpeechLoader):
@@ -329,7 +341,8 @@ def write_record(handle, record: dict, accelerator: Accelerator) -> None:
 
 
 def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accelerator, n_examples: int) -> dict:
-    """Greedy WER/CER over the eval shards, exact across ranks (each utterance counted once)."""
+    """Greedy WER/CER over the eval shards, exact across ranks (each utterance counted once), and
+    what could not be scored (damaged shards or members), by reason."""
     model.eval()
     counts, examples = ErrorCounts(), []
     inverse = {i: t for t, i in vocab.tokens.items()}
@@ -346,12 +359,16 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
             refs = [vocab.normalizer(t) for t in batch["texts"]]
             counts = counts + ErrorCounts.of(refs, hyps)
             examples += list(zip(refs, hyps, strict=True))[: max(0, n_examples - len(examples))]
-    total = accelerator.gather_for_metrics(torch.tensor([counts.as_list()], device=accelerator.device))
+    total = accelerator.gather(torch.tensor([counts.as_list()], device=accelerator.device))
     total = ErrorCounts(*total.sum(0).tolist())
+    excluded: Counter = Counter()
+    for drops in gather_object([loader.diagnostics()["drops"]]):
+        excluded.update(drops)
     for ref, hyp in examples:
         accelerator.print(f"  ref: {ref}\n  hyp: {hyp}")
     model.train()
-    return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_utterances": total.utterances}
+    return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_utterances": total.utterances,
+            "eval_empty_references": total.empty_references, "eval_excluded": dict(excluded)}
 
 
 def save_final(model, processor, normalizer: TextNormalizer, out: Path) -> Path:

@@ -275,29 +275,38 @@ ngram 2=3
 
 \\end\\
 """
+BASE3 = BASE.replace("ngram 2=3", "ngram 2=3\nngram 3=1").replace(
+    "\\end\\", "\\3-grams:\n-0.1\t<s> the cat\n\n\\end\\")
 ORDER1 = "\\data\\\nngram 1=3\n\n\\1-grams:\n-1\t<unk>\n0\t<s>\n-0.5\tword\n\n\\end\\\n"
 
-# name: (file text, line --check reports, whether fixing sees it too, words in the message)
+# name: (file text, line --check reports, words in its message, what fixing says: the same (SAME),
+# (line or None, words), or ACCEPTED (what an entry holds is for --check alone)).
+SAME, ACCEPTED = "same", None
 MALFORMED = {
-    "garbage bytes": ("\x00\x01\xfe garbage \xff\n" * 3, 1, True, "binary data"),
-    "missing data": (BASE.replace("\\data\\\n", ""), 1, True, "missing \\data\\"),
-    "count mismatch 1-grams": (BASE.replace("ngram 1=6", "ngram 1=7"), 12, True, "has 6 entries"),
-    "count mismatch 2-grams": (BASE.replace("ngram 2=3", "ngram 2=2"), 17, False, "has 3 entries"),
-    "truncated": (BASE[:BASE.index("the cat") + 3], 15, True, "truncated"),
-    "positive log prob 1-grams": (BASE.replace("-0.9\tcat", "0.9\tcat"), 9, True, "positive log probability"),
-    "positive log prob 2-grams": (BASE.replace("-0.4\tthe cat", "0.4\tthe cat"), 15, False, "positive log"),
-    "missing end": (BASE.replace("\\end\\\n", ""), 18, True, "missing \\end\\"),
-    "highest-order backoff": (BASE.replace("cat sat\n", "cat sat\t-0.5\n"), 16, False, "backoff -0.5"),
-    "only 1-grams": (ORDER1, 2, True, "at least a bigram model"),
-    "missing unigram": (BASE.replace("the cat\n", "the dog\n"), 15, False, "'dog' is not among the 1-grams"),
+    "garbage bytes": ("\x00\x01\xfe garbage \xff\n" * 3, 1, "binary data", SAME),
+    "missing data": (BASE.replace("\\data\\\n", ""), 1, "missing \\data\\", SAME),
+    "count mismatch 1-grams": (BASE.replace("ngram 1=6", "ngram 1=7"), 12, "has 6 entries", SAME),
+    "count mismatch 2-grams": (BASE.replace("ngram 2=3", "ngram 2=2"), 17, "has 3 entries", SAME),
+    "fewer 2-grams than the header": (BASE.replace("ngram 2=3", "ngram 2=4"), 17, "has 3 entries", SAME),
+    "a blank line inside the 2-grams": (BASE.replace("the cat\n", "the cat\n\n"), 16, "has 2 entries",
+                                        (18, "the 2-grams section has 4 entries but the header says ngram 2=3")),
+    "sections out of order": (BASE3.replace("\\3-grams:", "\\4-grams:"), 19, "expected \\3-grams:", SAME),
+    "text after end": (BASE + "-1\tthe cat\n", 19, "text after \\end\\", (None, "text after \\end\\")),
+    "truncated": (BASE[:BASE.index("the cat") + 3], 15, "truncated", (None, "missing \\end\\")),
+    "positive log prob 1-grams": (BASE.replace("-0.9\tcat", "0.9\tcat"), 9, "positive log probability", SAME),
+    "positive log prob 2-grams": (BASE.replace("-0.4\tthe cat", "0.4\tthe cat"), 15, "positive log", ACCEPTED),
+    "missing end": (BASE.replace("\\end\\\n", ""), 18, "missing \\end\\", (None, "missing \\end\\")),
+    "highest-order backoff": (BASE.replace("cat sat\n", "cat sat\t-0.5\n"), 16, "backoff -0.5", ACCEPTED),
+    "only 1-grams": (ORDER1, 2, "at least a bigram model", SAME),
+    "missing unigram": (BASE.replace("the cat\n", "the dog\n"), 15, "'dog' is not among the 1-grams", ACCEPTED),
     "more 1-grams than the header": (BASE.replace("ngram 1=6", "ngram 1=2").replace(
-        "-0.8\ton\t-0.2\n", "".join(f"-3\tw{i}\t-0.1\n" for i in range(600))), 611, True, "has 605 entries"),
+        "-0.8\ton\t-0.2\n", "".join(f"-3\tw{i}\t-0.1\n" for i in range(600))), 611, "has 605 entries", SAME),
 }
 
 
 @pytest.mark.parametrize("name", list(MALFORMED))
 def test_malformed(name, tmp_path, capsys):
-    text, line_no, fix_sees_it, words = MALFORMED[name]
+    text, line_no, words, fixing = MALFORMED[name]
     src = tmp_path / "bad.arpa"
     src.write_bytes(text.encode("latin-1"))
     assert run_cli("--check", src) == 2
@@ -308,12 +317,15 @@ def test_malformed(name, tmp_path, capsys):
     assert slow.value.line_no == line_no  # the pure-Python path agrees
 
     dst = tmp_path / "out.arpa"
-    if fix_sees_it:
-        assert run_cli(src, dst) == 2
-        assert "out.arpa" not in capsys.readouterr().out
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.arpa"]  # no output, no temp file
-    else:  # fixing parses only the header and the 1-grams: the bulk is copied as it is
+    if fixing is ACCEPTED:
         assert run_cli(src, dst) == 0
+        return
+    fix_line, fix_words = (line_no, words) if fixing == SAME else fixing
+    assert run_cli(src, dst) == 2
+    out, err = capsys.readouterr()
+    assert "out.arpa" not in out and fix_words in err, err
+    assert (f"line {fix_line}:" in err) if fix_line else ": line " not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.arpa"]  # no output, no temp file
 
 
 def test_fix_refuses_truncated_gzip(one_line_arpa, tmp_path):
@@ -348,3 +360,115 @@ def test_cli_exit_codes_and_no_heavy_imports(one_line_arpa, tmp_path):
         assert not imported & {"torch", "transformers", "torchaudio"}, args
         if "--check" not in args:
             assert "numpy" not in imported and "numba" not in imported  # fixing is stdlib only
+
+
+# --- fixing counts every section, on every input path ------------------------------------------
+
+
+def synthetic_arpa(trigrams: int = 30_000, eos: bool = False, trigram_count: int | None = None) -> bytes:
+    """A 3-gram ARPA whose sections span many of the fixer's read chunks (about 1 MB)."""
+    words = [f"w{i}" for i in range(100)]
+    unigrams = ["-1\t<unk>\t0", "0\t<s>\t-0.3", *([] if not eos else ["-1.5\t</s>\t0"])]
+    unigrams += [f"-2.{i}\t{w}\t-0.1" for i, w in enumerate(words)]
+    bigrams = [f"-1.{i % 10}\t{a} {b}\t-0.2" for i, (a, b) in enumerate((a, b) for a in words for b in words)]
+    tri = [f"-0.{i % 10}\t{words[i % 100]} {words[i // 100 % 100]} {words[i // 10_000 % 100]}"
+           for i in range(trigrams)]
+    head = (f"\\data\\\nngram 1={len(unigrams)}\nngram 2={len(bigrams)}\n"
+            f"ngram 3={trigram_count if trigram_count is not None else len(tri)}\n\n")
+    body = "".join(f"\n\\{n}-grams:\n" + "\n".join(lines) + "\n" for n, lines in ((1, unigrams), (2, bigrams), (3, tri)))
+    return (head + body.lstrip("\n") + "\n\\end\\\n").encode()
+
+
+def fix_every_way(src_bytes: bytes, tmp_path: Path) -> list[tuple[str, int, str]]:
+    """Fix the same ARPA from a plain file, gzip, a pipe, into gzip and in place: (way, exit, stderr)."""
+    import contextlib
+    import io
+
+    tmp_path.mkdir()
+    original, expected = tmp_path / "original.arpa", tmp_path / "expected.arpa"
+    original.write_bytes(src_bytes)
+    blog_loop(original, expected)
+    outcomes = []
+    for way in ("plain", "gzip in", "pipe", "gzip out", "in place"):
+        folder = tmp_path / way.replace(" ", "_")
+        folder.mkdir()
+        src, dst = folder / "in.arpa", folder / "out.arpa"
+        if way == "gzip in":
+            src = folder / "in.arpa.gz"
+            src.write_bytes(gzip.compress(src_bytes))
+        elif way == "pipe":
+            src = folder / "in.fifo"
+            os.mkfifo(src)
+            threading.Thread(target=lambda s=src: s.write_bytes(src_bytes), daemon=True).start()
+        else:
+            src.write_bytes(src_bytes)
+        if way == "gzip out":
+            dst = folder / "out.arpa.gz"
+        if way == "in place":
+            dst = src
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = run_cli(src, dst)
+        outcomes.append((way, code, err.getvalue().split(": ", 1)[-1]))
+        left = sorted(p.name for p in folder.iterdir())
+        if code != 0:  # nothing written, no temporary, the input untouched
+            assert left == [src.name], (way, left)
+            if way == "in place":
+                assert src.read_bytes() == src_bytes
+        else:
+            data = dst.read_bytes()
+            fixed = gzip.decompress(data) if dst.suffix == ".gz" else data
+            assert fixed == expected.read_bytes(), way
+    return outcomes
+
+
+def test_fixing_validates_every_section_on_every_path(tmp_path):
+    good = synthetic_arpa()
+    (tmp_path / "good.arpa").write_bytes(good)
+    assert arpa_check.check_arpa(tmp_path / "good.arpa").counts == [102, 10_000, 30_000]
+    assert all(code == 0 for _, code, _ in fix_every_way(good, tmp_path / "good"))
+    bad = synthetic_arpa(trigram_count=30_001)  # one 3-gram fewer than the header says
+    outcomes = fix_every_way(bad, tmp_path / "bad")
+    messages = {err for _, _, err in outcomes}
+    assert all(code == 2 for _, code, _ in outcomes) and len(messages) == 1, outcomes
+    (tmp_path / "bad.arpa").write_bytes(bad)
+    with pytest.raises(arpa.ArpaError) as checked:
+        arpa_check.check_arpa(tmp_path / "bad.arpa")
+    assert f"line {checked.value.line_no}: the 3-grams section has 30000 entries but the header says " \
+           "ngram 3=30001" in messages.pop()
+
+
+def test_fixing_in_place_a_file_with_eos_still_counts(tmp_path):
+    lm = tmp_path / "lm.arpa"
+    lm.write_bytes(synthetic_arpa(eos=True, trigram_count=29_999))
+    before = lm.read_bytes()
+    with pytest.raises(arpa.ArpaError, match="has 30000 entries"):
+        arpa_fix.fix_arpa(lm, lm)
+    assert lm.read_bytes() == before
+
+
+@pytest.mark.parametrize("trigram_count", [30_000, 30_002])
+def test_section_count_does_not_depend_on_read_sizes(tmp_path, trigram_count):
+    data = synthetic_arpa(trigram_count=trigram_count)
+    start = data.index(b"\\2-grams:\n") + len(b"\\2-grams:\n")
+    line_no = data[:start].count(b"\n") + 1
+
+    def outcome(sizes) -> str:
+        counter = arpa_fix._SectionCounter([102, 10_000, trigram_count], line_no)
+        pos = start
+        try:
+            for size in sizes:
+                counter.feed(data[pos:pos + size])
+                pos += size
+                if pos >= len(data):
+                    break
+            counter.finish()
+        except arpa.ArpaError as e:
+            return str(e)
+        return "ok"
+
+    rng = random.Random(trigram_count)
+    whole = outcome([len(data)])
+    assert whole == ("ok" if trigram_count == 30_000 else outcome([1 << 20] * 2))
+    for sizes in ([1] * len(data), [rng.randint(1, 5000) for _ in range(len(data))], [7, 4093] * len(data)):
+        assert outcome(sizes) == whole

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import make_tiny_model
 from w2v.lm import decode
 from w2v.lm.build import find_tool
 
@@ -127,28 +128,7 @@ def test_batch_in_a_fork_pool_matches_one_by_one(lm_dir):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    import torch
-    from transformers import (
-        Wav2Vec2Config,
-        Wav2Vec2CTCTokenizer,
-        Wav2Vec2FeatureExtractor,
-        Wav2Vec2ForCTC,
-        Wav2Vec2Processor,
-    )
-
-    folder = tmp_path_factory.mktemp("model")
-    (folder / "vocab.json").write_text(json.dumps(VOCAB))
-    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
-                                     word_delimiter_token="|")
-    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                         return_attention_mask=False)
-    config = Wav2Vec2Config(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, conv_dim=(32, 32), conv_kernel=(10, 3), conv_stride=(5, 2),
-                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0)
-    torch.manual_seed(0)
-    Wav2Vec2ForCTC(config).save_pretrained(folder)
-    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+    return make_tiny_model(tmp_path_factory.mktemp("model"), VOCAB)
 
 
 def test_exported_folder_decodes_with_the_lm_in_pipeline(tiny_model_dir, lm_dir):

@@ -102,14 +102,17 @@ def odd_eval_shards(commonvoice, tmp_path_factory):
 
 def test_two_process_evaluation_equals_one_process(cv_shards, odd_eval_shards, tmp_path):
     shards, _ = cv_shards
+    durations = [d for s in read_index(odd_eval_shards)["shards"] for d in s["durations"]]
+    cap = sorted(durations)[-2] - 0.01  # the two longest do not fit a batch: each is batched alone
     args = ["--eval_shards", str(odd_eval_shards), "--max_steps", "1", "--learning_rate", "0",
-            "--eval_max_batch_seconds", "4"]
+            "--eval_max_batch_seconds", str(cap)]
     one, two = tmp_path / "one", tmp_path / "two"
     launch(one, shards, *args)
     launch(two, shards, *args, procs=2)
     ev1 = [r for r in records(one) if "eval_wer" in r][-1]
     ev2 = [r for r in records(two) if "eval_wer" in r][-1]
-    assert ev1["eval_utterances"] == ev2["eval_utterances"] == 5
+    assert ev1["eval_utterances"] == ev2["eval_utterances"] == 5  # every utterance, none dropped
+    assert ev1["eval_excluded"] == ev2["eval_excluded"] == {}
     assert ev1["eval_wer"] == ev2["eval_wer"] and ev1["eval_cer"] == ev2["eval_cer"]
 
 

@@ -77,7 +77,6 @@ class Vocabulary:
         self.tokens = tokens
         self.normalizer = normalizer or TextNormalizer()
         self.unk_id, self.pad_id = tokens[UNK], tokens[PAD]
-        self.unknown: Counter = Counter()  # characters mapped to [UNK], with counts
 
     @classmethod
     def build(cls, texts: Iterable[str], normalizer: TextNormalizer | None = None) -> Vocabulary:
@@ -96,17 +95,21 @@ class Vocabulary:
         return len(self.tokens)
 
     def encode(self, text: str) -> np.ndarray:
-        """Normalise and map to ids; unknown characters become [UNK] and are counted."""
+        """Normalise and map to ids; characters outside the vocabulary become [UNK]."""
         ids = []
         for ch in self.normalizer(text):
             if ch == " ":
                 ids.append(self.tokens[WORD_DELIMITER])
-            elif ch in self.tokens:
-                ids.append(self.tokens[ch])
             else:
-                self.unknown[ch] += 1
-                ids.append(self.unk_id)
+                ids.append(self.tokens.get(ch, self.unk_id))
         return np.asarray(ids, dtype=np.int64)
+
+    def unknown_chars(self, texts: Iterable[str]) -> Counter:
+        """Characters of the normalised texts that are not in the vocabulary, with counts."""
+        unknown: Counter = Counter()
+        for text in texts:
+            unknown.update(ch for ch in self.normalizer(text) if ch != " " and ch not in self.tokens)
+        return unknown
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.tokens, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -50,10 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def acoustic_outputs(model_dir: Path, shards: str, index: str | None, max_batch_seconds: float):
-    """Log-probabilities per utterance ([T_i, V] float32), keys, texts, audio seconds, model seconds."""
+    """Log-probabilities per utterance ([T_i, V] float32), keys, texts, audio seconds, model seconds,
+    and the loader: every utterance of the index is scored (LoaderConfig.evaluation, the rule
+    train.py's evaluation follows too), except what damaged data makes unreadable (its drops)."""
     model = Wav2Vec2ForCTC.from_pretrained(model_dir).eval()
-    loader = SpeechLoader(shards, LoaderConfig(max_batch_seconds=max_batch_seconds, shuffle=False,
-                                               return_attention_mask=wants_attention_mask(model.config)),
+    loader = SpeechLoader(shards, LoaderConfig.evaluation(max_batch_seconds, wants_attention_mask(model.config)),
                           index=index)
     outputs, keys, texts, audio, compute = [], [], [], 0.0, 0.0
     with torch.inference_mode():
@@ -69,12 +70,12 @@ def acoustic_outputs(model_dir: Path, shards: str, index: str | None, max_batch_
             keys += batch["keys"]
             texts += batch["texts"]
             audio += batch["audio_seconds"]
-    return outputs, keys, texts, audio, compute
+    return outputs, keys, texts, audio, compute, loader
 
 
 def score(refs: list[str], hyps: list[str]) -> dict:
     counts = ErrorCounts.of(refs, hyps)
-    return {"wer": counts.wer, "cer": counts.cer, "words": counts.words}
+    return {"wer": counts.wer, "cer": counts.cer, "words": counts.words, "word_edits": counts.word_edits}
 
 
 def main(argv=None) -> int:
@@ -84,14 +85,21 @@ def main(argv=None) -> int:
         print(f"error: {model_dir}: not a model folder (no config.json)", file=sys.stderr)
         return 2
     vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir))
-    log_probs, keys, texts, audio, compute = acoustic_outputs(model_dir, args.shards, args.index,
-                                                              args.max_batch_seconds)
+    log_probs, keys, texts, audio, compute, loader = acoustic_outputs(model_dir, args.shards, args.index,
+                                                                      args.max_batch_seconds)
     refs = [vocab.normalizer(t) for t in texts]
+    unknown = vocab.unknown_chars(texts)
+    if unknown:  # the model cannot emit these: each one is an error
+        listed = ", ".join(f"{ch!r}×{n}" for ch, n in unknown.most_common(20))
+        print(f"characters of the references outside the model's vocabulary: {listed}")
     inverse = {i: t for t, i in vocab.tokens.items()}
     start = time.perf_counter()
     greedy = [greedy_decode(lp, inverse, vocab.pad_id)[0] for lp in log_probs]
     greedy_seconds = time.perf_counter() - start
-    result = {"utterances": len(refs), "audio_seconds": audio, "greedy": score(refs, greedy),
+    excluded = loader.diagnostics()["drops"]
+    result = {"utterances": len(refs), "index_utterances": len(loader.table), "excluded": excluded,
+              "empty_references": sum(1 for r in refs if not r), "audio_seconds": audio,
+              "greedy": score(refs, greedy),
               "real_time_factor": {"acoustic_model": compute / audio, "greedy": greedy_seconds / audio}}
     lm_hyps = None
     if args.lm:
@@ -120,8 +128,10 @@ def main(argv=None) -> int:
     rows = per_utterance(keys, refs, greedy, lm_hyps)
     if args.errors:
         Path(args.errors).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    for r in sorted(rows, key=lambda r: -r["wer"])[: args.worst]:
-        print(f"  {r['key']}  WER {100 * r['wer']:.0f}%\n    ref: {r['ref']}\n    hyp: {r['hyp']}")
+    worst_first = sorted(rows, key=lambda r: (-(r["wer"] if r["wer"] is not None else float("inf")), -r["word_edits"]))
+    for r in worst_first[: args.worst]:
+        wer = f"WER {100 * r['wer']:.0f}%" if r["wer"] is not None else f"empty reference, {r['word_edits']} insertions"
+        print(f"  {r['key']}  {wer}\n    ref: {r['ref']}\n    hyp: {r['hyp']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
@@ -132,13 +142,17 @@ def per_utterance(keys, refs, greedy, lm_hyps) -> list[dict]:
     for i, (key, ref, hyp) in enumerate(zip(keys, refs, greedy, strict=True)):
         best = lm_hyps[i] if lm_hyps is not None else hyp
         counts = ErrorCounts.of([ref], [best])
-        rows.append({"key": key, "ref": ref, "hyp": best, "greedy": hyp, "wer": counts.wer, "cer": counts.cer,
-                     "word_edits": counts.word_edits, "words": counts.words})
+        empty = counts.empty_references == 1  # WER/CER undefined: its words are insertions
+        rows.append({"key": key, "ref": ref, "hyp": best, "greedy": hyp, "wer": None if empty else counts.wer,
+                     "cer": None if empty else counts.cer, "word_edits": counts.word_edits, "words": counts.words,
+                     "empty_reference": empty})
     return rows
 
 
 def print_report(result: dict, tuned: bool) -> None:
-    print(f"\n{result['utterances']} utterances, {result['audio_seconds'] / 60:.1f} min of audio")
+    print(f"\n{result['utterances']} of the index's {result['index_utterances']} utterances scored, "
+          f"{result['audio_seconds'] / 60:.1f} min of audio; not scored: {result['excluded'] or 'none'}; "
+          f"empty references (their words count as insertions): {result['empty_references']}")
     print(f"{'decoding':28} {'WER':>7} {'CER':>7}")
     g = result["greedy"]
     print(f"{'greedy':28} {100 * g['wer']:6.2f}% {100 * g['cer']:6.2f}%")

@@ -5,7 +5,8 @@
 
 Exit status: 0 done / the check passed; 1 (--check only) well formed, but kenlm.Model refuses it
 (no </s> or <s>); 2 malformed or unreadable, with the line number (fixing then writes nothing).
-Fixing checks the header, the 1-grams and that the file ends with \\end\\; --check checks every line.
+Fixing checks the header and the 1-grams, and counts the entries of every other section against the
+header while it copies them (section order and \\end\\ too); --check also checks what every entry holds.
 """
 
 from __future__ import annotations

@@ -173,8 +173,7 @@ class SpeechLoader:
         self.cfg = cfg or LoaderConfig()
         self.rank, self.world = rank, world_size
         self.workers = max(1, self.cfg.num_workers)
-        self.table = SampleTable.build(resolve_shards(shards, index), labeler, self.cfg.min_duration,
-                                       self.cfg.max_duration, conv_kernel, conv_stride, self.cfg.max_batch_seconds)
+        self.table = SampleTable.build(resolve_shards(shards, index), labeler, self.cfg, conv_kernel, conv_stride)
         kept = self.table.durations[self.table.kept()]
         if len(kept) == 0:
             raise ValueError(f"no sample of {shards!r} passes the filters: {self.drops_at_plan()}")

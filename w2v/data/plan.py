@@ -61,18 +61,18 @@ class SampleTable:
     drop_reason: np.ndarray  # int8 per sample: KEPT, or the code of the filter that drops it
 
     @classmethod
-    def build(cls, shards: list[ShardMeta], labeler: Callable[[str], Sequence[int]] | None,
-              min_duration: float | None, max_duration: float | None,
-              conv_kernel: Sequence[int] | None, conv_stride: Sequence[int] | None,
-              max_batch_seconds: float) -> SampleTable:
+    def build(cls, shards: list[ShardMeta], labeler: Callable[[str], Sequence[int]] | None, cfg: LoaderConfig,
+              conv_kernel: Sequence[int] | None, conv_stride: Sequence[int] | None) -> SampleTable:
         counts = [len(s.keys) for s in shards]
         shard_of = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
         local = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if counts else np.zeros(0, np.int32)
         durations = np.concatenate([s.durations for s in shards]) if shards else np.zeros(0)
         reason = np.zeros(len(durations), dtype=np.int8)  # the first filter that drops a sample names it
-        if min_duration:
-            reason[durations < min_duration] = BELOW_MIN_DURATION
-        cap = min(max_duration or np.inf, max_batch_seconds)  # longer than a batch cannot be batched
+        if cfg.min_duration:
+            reason[durations < cfg.min_duration] = BELOW_MIN_DURATION
+        cap = cfg.max_duration or np.inf
+        if not cfg.long_alone:  # in training, a batch must not exceed its cap: that is what bounds memory
+            cap = min(cap, cfg.max_batch_seconds)
         reason[(durations > cap) & (reason == KEPT)] = ABOVE_MAX_DURATION
         labels = None
         if labeler is not None:
@@ -177,6 +177,18 @@ class LoaderConfig:
     num_workers: int = 0
     # "w2v": mono 16-bit FLAC through w2v.data.flac (faster); "soundfile": always libsndfile
     flac_decoder: str = "w2v"
+    # An utterance longer than max_batch_seconds: False drops it (above_max_duration), True gives it
+    # a batch of its own (evaluation, where every utterance must be scored)
+    long_alone: bool = False
+
+    @classmethod
+    def evaluation(cls, max_batch_seconds: float, return_attention_mask: bool, num_workers: int = 0,
+                   **settings) -> LoaderConfig:
+        """The rule for scoring a set: every utterance of it, in index order (no shuffling, no
+        duration filter; one longer than the batch cap is batched alone). Train and evaluate alike."""
+        return cls(max_batch_seconds=max_batch_seconds, return_attention_mask=return_attention_mask,
+                   num_workers=num_workers, shuffle=False, min_duration=None, max_duration=None, long_alone=True,
+                   **settings)
 
     def __post_init__(self) -> None:
         if self.flac_decoder not in FLAC_DECODERS:

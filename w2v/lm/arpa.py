@@ -140,7 +140,8 @@ def open_input(path: Path) -> Iterator[tuple[BinaryIO, int | None]]:
         yield f, (f.fileno() if regular else None)
 
 
-def _show(data: bytes, limit: int = 60) -> str:
+def show(data: bytes, limit: int = 60) -> str:
+    """A line or field for an error message: decoded, quoted, cut at ``limit`` characters."""
     text = data.rstrip(b"\n").decode("utf-8", "backslashreplace")
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
@@ -168,7 +169,7 @@ def _not_arpa(line: bytes) -> str:
         return "Windows line endings (CRLF): KenLM needs \\n only (convert with dos2unix)"
     if b"\x00" in line or not _is_utf8(line):
         return "binary data, not an ARPA file (missing \\data\\)"
-    return f"missing \\data\\: expected it as the first non-empty line, got {_show(line)}"
+    return f"missing \\data\\: expected it as the first non-empty line, got {show(line)}"
 
 
 def _is_utf8(line: bytes) -> bool:
@@ -199,7 +200,7 @@ def read_header(rd: Reader) -> Header:
             break
         m = COUNT_LINE.fullmatch(line)
         if m is None:
-            raise ArpaError(rd.line_no, f"expected 'ngram N=count' or a blank line in the header, got {_show(line)}")
+            raise ArpaError(rd.line_no, f"expected 'ngram N=count' or a blank line in the header, got {show(line)}")
         if int(m[1]) != len(counts) + 1:
             raise ArpaError(rd.line_no, f"header orders must run 1, 2, 3...: got 'ngram {int(m[1])}=' "
                                         f"after {len(counts)} count lines")
@@ -221,7 +222,7 @@ def _expect_line(rd: Reader, wanted: bytes, what: str) -> None:
     if not line:
         raise ArpaError(rd.line_no + 1, f"truncated: file ends where {what} should be")
     if line.rstrip(b"\n") != wanted:
-        raise ArpaError(rd.line_no, f"expected {wanted.decode()} ({what}), got {_show(line)}")
+        raise ArpaError(rd.line_no, f"expected {wanted.decode()} ({what}), got {show(line)}")
 
 
 def expect_section(rd: Reader, order: int) -> None:
@@ -236,11 +237,11 @@ def expect_end(rd: Reader, max_order: int) -> None:
     if not line:
         raise ArpaError(rd.line_no + 1, f"missing \\end\\: the file stops after the {max_order}-grams")
     if line.rstrip(b"\n") != b"\\end\\":
-        raise ArpaError(rd.line_no, f"expected \\end\\ after the {max_order}-grams, got {_show(line)}")
+        raise ArpaError(rd.line_no, f"expected \\end\\ after the {max_order}-grams, got {show(line)}")
     line = rd.readline()
     while line:
         if line.strip():
-            raise ArpaError(rd.line_no, f"text after \\end\\: {_show(line)}")
+            raise ArpaError(rd.line_no, f"text after \\end\\: {show(line)}")
         line = rd.readline()
 
 
@@ -259,27 +260,27 @@ def entry_problem(line: bytes, order: int, highest: bool, contains: Contains | N
     fields = body.split(b"\t")
     if len(fields) not in (2, 3):
         return (f"expected 'log10prob<TAB>{order} word(s)[<TAB>backoff]' ({len(fields) - 1} TABs), "
-                f"got {_show(body)}")
+                f"got {show(body)}")
     if fields[0] != fields[0].strip() or fields[1].endswith(b" "):
-        return f"a space before a TAB or the newline: {_show(body)}"  # KenLM stops at it
+        return f"a space before a TAB or the newline: {show(body)}"  # KenLM stops at it
     prob = _parse_float(fields[0])
     if prob is None:
-        return f"log probability {_show(fields[0])} is not a number"
+        return f"log probability {show(fields[0])} is not a number"
     if prob > 0:
         return f"positive log probability {fields[0].decode(errors='replace')} (log10 probs must be <= 0)"
     words = split_words(fields[1])
     if len(words) != order:
-        return f"expected {order} word(s) in a {order}-gram entry, got {len(words)}: {_show(fields[1])}"
+        return f"expected {order} word(s) in a {order}-gram entry, got {len(words)}: {show(fields[1])}"
     if len(fields) == 3:
         backoff = _parse_float(fields[2])
         if backoff is None:
-            return f"backoff {_show(fields[2])} is not a number"
+            return f"backoff {show(fields[2])} is not a number"
         if highest and backoff != 0:
             return f"backoff {fields[2].decode(errors='replace')} on a highest-order ({order}-gram) entry"
     if order > 1 and contains is not None:
         for w in words:
             if w not in _UNK_WORDS and not contains(w):
-                return f"word {_show(w)} is not among the 1-grams (KenLM needs every word as a 1-gram)"
+                return f"word {show(w)} is not among the 1-grams (KenLM needs every word as a 1-gram)"
     return None
 
 
@@ -310,24 +311,33 @@ def section_stop(block: bytes) -> int:
     return min(stops) if stops else -1
 
 
-def count_mismatch(rd: Reader, order: int, found: int, wanted: int) -> ArpaError:
-    return ArpaError(rd.line_no + 1, f"the {order}-grams section has {found} entries but the header says "
-                                     f"ngram {order}={wanted}")
+def count_mismatch(line_no: int, order: int, found: int, wanted: int) -> ArpaError:
+    """The error for a section whose entry count is not the header's; ``line_no``: the line after it."""
+    return ArpaError(line_no, f"the {order}-grams section has {found} entries but the header says "
+                              f"ngram {order}={wanted}")
 
 
-def truncated(rd: Reader, order: int, found: int, wanted: int, last: bool) -> ArpaError:
-    """The error for a file that ends among the entries of a section (no blank line after them)."""
-    tail = rd.readline()  # a last line without its newline, if any
-    if tail:
-        return ArpaError(rd.line_no, f"truncated: the file ends in the middle of a line in the {order}-grams "
-                                     f"({found} of {wanted} entries complete)")
+def truncated(line_no: int, partial: bool, order: int, found: int, wanted: int, last: bool) -> ArpaError:
+    """The error for a file that ends among the entries of a section (no blank line after them).
+
+    ``partial``: the file ends inside a line, which is ``line_no``; else ``line_no`` is the line
+    after the last one. ``last``: this is the highest order (so only ``\\end\\`` is missing).
+    """
+    if partial:
+        return ArpaError(line_no, f"truncated: the file ends in the middle of a line in the {order}-grams "
+                                  f"({found} of {wanted} entries complete)")
     if found < wanted:
-        return ArpaError(rd.line_no + 1, f"truncated: the file ends in the {order}-grams "
-                                         f"({found} of {wanted} entries)")
+        return ArpaError(line_no, f"truncated: the file ends in the {order}-grams ({found} of {wanted} entries)")
     if found > wanted:
-        return count_mismatch(rd, order, found, wanted)
+        return count_mismatch(line_no, order, found, wanted)
     if last:
-        return ArpaError(rd.line_no + 1, f"missing \\end\\: the file stops after the {order}-grams")
-    return ArpaError(rd.line_no + 1, f"truncated: the file stops after the {order}-grams")
+        return ArpaError(line_no, f"missing \\end\\: the file stops after the {order}-grams")
+    return ArpaError(line_no, f"truncated: the file stops after the {order}-grams")
+
+
+def truncated_in(rd: Reader, order: int, found: int, wanted: int, last: bool) -> ArpaError:
+    """:func:`truncated` for a reader at the end of its file (it reads the partial last line, if any)."""
+    partial = bool(rd.readline())
+    return truncated(rd.line_no if partial else rd.line_no + 1, partial, order, found, wanted, last)
 
 

@@ -40,7 +40,7 @@ from w2v.lm.arpa import (
     read_header,
     section_stop,
     split_words,
-    truncated,
+    truncated_in,
 )
 
 # 64-bit FNV-1a, kept as signed int64 (wrapping arithmetic) so the compiled code needs no numpy types.
@@ -329,7 +329,7 @@ class _Scanner:
         while True:
             stop = rd.whole_lines()
             if not stop:
-                raise truncated(rd, order, stats.entries, wanted, highest)
+                raise truncated_in(rd, order, stats.entries, wanted, highest)
             if self.kernel is not None:
                 code = self._run_kernel(rd, stop, order, highest, stats)
             else:
@@ -444,7 +444,7 @@ def check_arpa(path: str | os.PathLike, jit: bool | None = None, threads: int | 
                 expect_section(rd, order)
                 found = scanner.section(rd, order, order == len(header.counts), wanted)
                 if found.entries != wanted:
-                    raise count_mismatch(rd, order, found.entries, wanted)
+                    raise count_mismatch(rd.line_no + 1, order, found.entries, wanted)
                 stats.append(found)
         finally:
             scanner.close()

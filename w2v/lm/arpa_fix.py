@@ -10,15 +10,18 @@ that patch (byte for byte the loop's output on normal files), but
 
 * streams: only the ``\\data\\`` header and the 1-gram section are parsed (the head scan);
   everything after them (all higher orders, nearly all of the bytes) is copied by the kernel for
-  plain files;
+  plain files, while this thread counts it (:class:`_SectionCounter`);
+* never writes a file KenLM's loader would refuse for its structure: the entry count of every
+  section is checked against the header, and the section order and ``\\end\\``; on a mismatch
+  it raises with the line and the two counts, and no output appears;
 * raises the count as an integer (the loop's ``str.replace`` turns ``ngram 1=1`` into ``ngram 2=2``);
 * is idempotent: a file that already has ``</s>`` comes out unchanged;
 * is atomic (:class:`w2v.atomic.AtomicFile`): the output appears under its name only when complete.
 
-Fixing checks the structure of what it parses (header, 1-grams, the next section header) and that
-the file ends with ``\\end\\`` (which catches truncation); it does not re-validate the entries it
-copies: :func:`w2v.lm.arpa_check.check_arpa` (``w2v-fix-arpa --check``) does. Standard library
-only: fixing from the command line imports neither numpy nor numba.
+What the entries of the higher orders hold (log probabilities, backoffs, that every word is a
+1-gram) is not parsed: :func:`w2v.lm.arpa_check.check_arpa` (``w2v-fix-arpa --check``) does that,
+at the cost of a full parse. Standard library only: fixing from the command line imports neither
+numpy nor numba.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import errno
 import gzip
 import os
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -49,10 +53,15 @@ from w2v.lm.arpa import (
     open_input,
     read_header,
     section_stop,
+    show,
     truncated,
+    truncated_in,
 )
 
-_FIX_CHUNK = 1 << 20  # read size of the fixer, which reads only the header and the 1-grams
+_FIX_CHUNK = 1 << 20  # read size of the head scan (the header and the 1-grams)
+_COUNT_CHUNK = 256 << 10  # read size of the section count: small enough for the CPU caches
+_COPY_PIECE = 64 << 20  # the kernel copy's step: how soon it stops after the count found a problem
+_MAX_LINE = 8 << 20  # the longest line the section count (like the checker) accepts
 _SPOOL_IN_MEMORY = 8 << 20  # the fixer keeps the header + 1-grams in memory up to this size, then on disk
 
 
@@ -116,6 +125,8 @@ class _Head:
     bos_line_no: int
     eos_line_no: int  # 0: no </s>
     head_end: int  # file offset of the end of the 1-gram entries
+    sections_start: int  # file offset right after the \\2-grams: line
+    sections_line_no: int  # the line number there
 
 
 def _scan_head(rd: Reader) -> _Head:
@@ -127,7 +138,7 @@ def _scan_head(rd: Reader) -> _Head:
     while True:
         stop = rd.whole_lines()
         if not stop:
-            raise truncated(rd, 1, found, wanted, last=False)
+            raise truncated_in(rd, 1, found, wanted, last=False)
         block = bytes(memoryview(rd.buf)[rd.start:stop])
         lines, cut = _plain_unigram_lines(block), -1
         if lines is None:
@@ -149,19 +160,144 @@ def _scan_head(rd: Reader) -> _Head:
         if cut >= 0:
             break
     if found != wanted:
-        raise count_mismatch(rd, 1, found, wanted)
+        raise count_mismatch(rd.line_no + 1, 1, found, wanted)
     head_end = rd.offset
     expect_section(rd, 2)
-    return _Head(header, found, bos_line, bos_end, bos_line_no, eos_line_no, head_end)
+    return _Head(header, found, bos_line, bos_end, bos_line_no, eos_line_no, head_end, rd.offset, rd.line_no + 1)
 
+
+
+class _SectionCounter:
+    """Counts the entries of the 2-gram and higher sections and checks them against the header, in
+    bytes fed in file order from just after the ``\\2-grams:`` line; also the section order, the
+    ``\\end\\`` line and that nothing but blank lines follows it.
+
+    Nothing is parsed per line in Python: a block's newlines are counted by ``bytes.replace`` (one
+    memchr per line inside CPython, faster than ``bytes.count``), and section lines are found by
+    searching for a backslash (memchr again) at the start of a line. A blank line inside a section
+    counts as an entry there, so it shows as a count mismatch; what the entries hold is not looked
+    at (``w2v-fix-arpa --check`` does that).
+    """
+
+    def __init__(self, counts: list[int], line_no: int):
+        self.counts = counts
+        self.order = 2  # the section being read
+        self.line_no = line_no  # of the next line to come
+        self.lines = 0  # lines of this section so far, blank ones at its end included
+        self.blanks = 0  # blank lines at its end so far
+        self.ended = False  # \\end\\ seen
+        self.carry = b""  # a line not yet complete
+
+    def feed(self, data: bytes) -> None:
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            self.carry += data
+            if len(self.carry) > _MAX_LINE:  # what the checker refuses too: memory stays bounded
+                raise ArpaError(self.line_no, f"a line longer than {_MAX_LINE >> 20} MiB: not an ARPA file")
+            return
+        i = data.find(b"\\")
+        while i >= 0 and (data[i - 1] != 10 if i else self.carry):  # inside an entry: no section line
+            i = data.find(b"\\", i + 1)
+        if (i < 0 or i >= cut) and not self.ended and not self.carry.startswith(b"\\"):
+            self._lines(data, cut, continues=bool(self.carry))  # the usual case: entries only
+            self.carry = data[cut:]
+            return
+        block, self.carry = self.carry + data[:cut], data[cut:]
+        pos = 0
+        while pos < len(block):
+            i = block.find(b"\\", pos)
+            while i > pos and block[i - 1] != 10:
+                i = block.find(b"\\", i + 1)
+            text = block[pos:] if i < 0 else block[pos:i]
+            if text:
+                self._body(text)
+            if i < 0:
+                return
+            end = block.index(b"\n", i) + 1
+            self._section_line(block[i:end])
+            pos = end
+
+    def finish(self) -> None:
+        """At the end of the file: raise unless the last section and \\end\\ were complete."""
+        if self.carry:  # a last line without its newline
+            line, self.carry = self.carry, b""
+            if line.startswith(b"\\"):
+                self._section_line(line)
+            elif not self.ended:
+                found, wanted = self.lines - self.blanks, self.counts[self.order - 1]
+                raise truncated(self.line_no, True, self.order, found, wanted, self._last)
+            else:
+                self._body(line + b"\n")
+        if not self.ended:
+            found, wanted = self.lines - self.blanks, self.counts[self.order - 1]
+            raise truncated(self.line_no - self.blanks, False, self.order, found, wanted, self._last)
+
+    @property
+    def _last(self) -> bool:
+        return self.order == len(self.counts)
+
+    def _lines(self, data: bytes, cut: int, continues: bool) -> None:
+        """Count the complete lines of ``data`` (those before ``cut``) as entries of this section;
+        ``continues``: its first line is the end of one begun in the previous chunk."""
+        n = len(data) - len(data.replace(b"\n", b""))  # the newlines: all lie before cut
+        start = cut - 1  # the run of newlines that ends the data: its blank lines
+        while start > 0 and data[start - 1] == 10:
+            start -= 1
+        run = cut - start
+        self.blanks = self.blanks + run if start == 0 and not continues else run - 1
+        self.lines += n
+        self.line_no += n
+
+    def _body(self, text: bytes) -> None:
+        """Whole lines of entries (or blank lines) inside a section, or blank lines after \\end\\."""
+        if not self.ended:
+            self._lines(text, len(text), continues=False)
+            return
+        if text.strip():
+            lines = text.split(b"\n")
+            first = next(k for k, line in enumerate(lines) if line.strip())
+            raise ArpaError(self.line_no + first, f"text after \\end\\: {show(lines[first])}")
+        self.line_no += text.count(b"\n")
+
+    def _section_line(self, line: bytes) -> None:
+        if self.ended:
+            raise ArpaError(self.line_no, f"text after \\end\\: {show(line)}")
+        found, wanted = self.lines - self.blanks, self.counts[self.order - 1]
+        if found != wanted:
+            raise count_mismatch(self.line_no - self.blanks, self.order, found, wanted)
+        expected = b"\\end\\" if self._last else b"\\%d-grams:" % (self.order + 1)
+        if line.rstrip(b"\n") != expected:
+            what = f"after the {self.order}-grams" if self._last else f"the start of the {self.order + 1}-grams"
+            raise ArpaError(self.line_no, f"expected {expected.decode()} ({what}), got {show(line)}")
+        if self._last:
+            self.ended = True
+        else:
+            self.order += 1
+        self.lines = self.blanks = 0
+        self.line_no += 1
+
+
+def _count_sections(fd: int, head: _Head) -> None:
+    """Read a plain file from where its sections start and check them (:class:`_SectionCounter`)."""
+    counter = _SectionCounter(head.header.counts, head.sections_line_no)
+    offset = head.sections_start
+    while data := os.pread(fd, _COUNT_CHUNK, offset):
+        counter.feed(data)
+        offset += len(data)
+    counter.finish()
 
 def _require_end(tail: bytes, size: int) -> None:
-    """The fixer's cheap check of what it does not parse: the file must end with an \\end\\ line."""
+    """A cheap check before any output exists: the file must end with an \\end\\ line (which
+    catches truncation); the section count finds the line of any other problem while copying."""
     body = tail.rstrip()
     if body.endswith(b"\\end\\") and body[-6:-5] in (b"\n", b""):
         return
-    raise ArpaError(None, f"the file does not end with \\end\\ (truncated at {size} bytes?); "
-                          f"`w2v-fix-arpa --check` names the line")
+    at = tail.rfind(b"\n\\end\\\n")
+    if at >= 0:
+        after = tail[at + 7:].lstrip().split(b"\n", 1)[0]
+        raise ArpaError(None, f"text after \\end\\: {show(after)}")
+    raise ArpaError(None, f"missing \\end\\: the file does not end with it (truncated at {size} bytes?); "
+                          "`w2v-fix-arpa --check` names the line")
 
 
 def _file_tail(fd: int, n: int = 4096) -> tuple[bytes, int]:
@@ -205,28 +341,29 @@ def _write_head(source: BinaryIO, edits: list[tuple[int, int, bytes]], head_end:
     _copy_exact(source, out, head_end - pos)
 
 
-def _kernel_copy(src_fd: int, dst_fd: int, offset: int) -> int:
-    """Copy src_fd[offset:] to dst_fd's position inside the kernel; returns bytes copied.
+def _kernel_copy(src_fd: int, dst_fd: int, offset: int, stop: threading.Event) -> int:
+    """Copy src_fd[offset:] to dst_fd's position inside the kernel; returns bytes copied (so far,
+    when ``stop`` is set: it is checked between pieces of _COPY_PIECE bytes).
 
     copy_file_range, else sendfile, else read/write: the first two never bring the data into
     Python and run at page-cache speed.
     """
     total = 0
     try:
-        while n := os.copy_file_range(src_fd, dst_fd, 1 << 30, offset + total):
+        while not stop.is_set() and (n := os.copy_file_range(src_fd, dst_fd, _COPY_PIECE, offset + total)):
             total += n
         return total
     except OSError as e:
         if total or e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
             raise
     try:
-        while n := os.sendfile(dst_fd, src_fd, offset + total, 1 << 30):
+        while not stop.is_set() and (n := os.sendfile(dst_fd, src_fd, offset + total, _COPY_PIECE)):
             total += n
         return total
     except OSError as e:
         if total or e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
-    while data := os.pread(src_fd, 1 << 20, offset + total):
+    while not stop.is_set() and (data := os.pread(src_fd, 1 << 20, offset + total)):
         view = memoryview(data)
         while view:
             view = view[os.write(dst_fd, view):]
@@ -244,9 +381,10 @@ def _same_file(a: Path, b: Path) -> bool:
 def fix_arpa(src: str | os.PathLike, dst: str | os.PathLike) -> FixResult:
     """Write ``src`` to ``dst`` with ``</s>`` added (as the blog's loop does) when it is missing.
 
-    ``.gz`` on either name means gzip. ``dst`` may be ``src``. Checks the header, the 1-grams, the
-    next section header and that the file ends with ``\\end\\``, not the entries in between
-    (:func:`w2v.lm.arpa_check.check_arpa` does). Raises ArpaError on malformed input; ``dst`` is then left untouched.
+    ``.gz`` on either name means gzip. ``dst`` may be ``src``. Checks the header and the 1-grams,
+    and while copying the rest the entry count of every section against the header, the section
+    order and ``\\end\\``; not what the entries hold (:func:`w2v.lm.arpa_check.check_arpa` does).
+    Raises ArpaError on malformed input; ``dst`` is then left untouched and no temporary remains.
     """
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -254,9 +392,10 @@ def fix_arpa(src: str | os.PathLike, dst: str | os.PathLike) -> FixResult:
         rd = Reader(raw, tee=spool, chunk=_FIX_CHUNK)
         head = _scan_head(rd)
         if src_fd is not None:
-            _require_end(*_file_tail(src_fd))  # before any output exists
+            _require_end(*_file_tail(src_fd))  # cheap, and before any output exists
         edits = _edits(head)
         if not edits and _same_file(src, dst) and src.suffix == dst.suffix:
+            _count_sections(src_fd, head) if src_fd is not None else _drain(rd, spool, head)
             written = os.path.getsize(src)
         else:
             written = _write_fixed(rd, raw if spool is None else spool, head, edits, src_fd, dst)
@@ -276,8 +415,10 @@ def _head_copy(src_fd: int | None) -> Iterator[BinaryIO | None]:
 
 def _write_fixed(rd: Reader, head_source: BinaryIO, head: _Head, edits: list[tuple[int, int, bytes]],
                  src_fd: int | None, dst: Path) -> int:
-    """Edited head, then the rest: by the kernel when both ends are plain files. ``head_source`` is
-    the input itself when it is a plain file, else the spool of what the head scan read."""
+    """Edited head, then the rest, its sections counted on the way: by the kernel when both ends are
+    plain files (the count reads the page cache beside it, on the other core), else through a
+    buffer. ``head_source`` is the input itself when it is a plain file, else the spool of what the
+    head scan read."""
     with AtomicFile(dst, fsync=False, buffering=0) as out_raw:  # a fixed ARPA is cheap to make again
         out: BinaryIO = out_raw
         if dst.suffix == ".gz":
@@ -286,33 +427,74 @@ def _write_fixed(rd: Reader, head_source: BinaryIO, head: _Head, edits: list[tup
             _write_head(head_source, edits, head.head_end, out)
             written = head.head_end + sum(len(r) - (e - s) for s, e, r in edits)
             if src_fd is not None and out is out_raw:
-                written += _kernel_copy(src_fd, out_raw.fileno(), head.head_end)
-            elif src_fd is not None:
-                rd.raw.seek(head.head_end)
-                written += _copy_stream(rd.raw, out)[0]
-            else:  # gzip or a pipe: what the head scan read ahead is in the spool
-                head_source.seek(head.head_end)
-                n1, tail1 = _copy_stream(head_source, out)
-                n2, tail2 = _copy_stream(rd.raw, out)
-                written += n1 + n2
-                _require_end(tail1 + tail2, written)
+                written += _copy_and_count(src_fd, out_raw.fileno(), head)
+            else:
+                counter = _SectionCounter(head.header.counts, head.sections_line_no)
+                skip = head.sections_start - head.head_end  # the blank line(s) and \\2-grams:
+                if src_fd is not None:
+                    rd.raw.seek(head.head_end)
+                    written += _copy_stream(rd.raw, out, counter, skip)
+                else:  # gzip or a pipe: what the head scan read ahead is in the spool
+                    head_source.seek(head.head_end)
+                    n1 = _copy_stream(head_source, out, counter, skip)
+                    written += n1 + _copy_stream(rd.raw, out, counter, max(0, skip - n1))
+                counter.finish()
         finally:
             if out is not out_raw:
                 out.close()  # writes the gzip trailer; leaves out_raw open
     return written
 
 
-def _copy_stream(src: BinaryIO, out: BinaryIO) -> tuple[int, bytes]:
-    """Buffered copy to the end of ``src``; returns the byte count and the last 4 KiB."""
-    total, tail = 0, b""
+def _copy_and_count(src_fd: int, dst_fd: int, head: _Head) -> int:
+    """The kernel copies the rest of the file in a thread (it releases the GIL) while this thread
+    counts the sections; a problem stops the copy and raises (the caller then drops the output)."""
+    stop = threading.Event()
+    copied: list[int | BaseException] = []
+
+    def copy() -> None:
+        try:
+            copied.append(_kernel_copy(src_fd, dst_fd, head.head_end, stop))
+        except BaseException as e:  # noqa: BLE001 (handed to the main thread)
+            copied.append(e)
+
+    thread = threading.Thread(target=copy, name="arpa-copy", daemon=True)
+    thread.start()
+    try:
+        _count_sections(src_fd, head)
+    except BaseException:
+        stop.set()
+        thread.join()
+        raise
+    thread.join()
+    if isinstance(copied[0], BaseException):
+        raise copied[0]
+    return copied[0]
+
+
+def _drain(rd: Reader, spool: BinaryIO, head: _Head) -> None:
+    """Count the sections of a gzip or pipe input that is not copied anywhere."""
+    counter = _SectionCounter(head.header.counts, head.sections_line_no)
+    skip = head.sections_start - head.head_end
+    spool.seek(head.head_end)
+    n1 = _copy_stream(spool, None, counter, skip)
+    _copy_stream(rd.raw, None, counter, max(0, skip - n1))
+    counter.finish()
+
+
+def _copy_stream(src: BinaryIO, out: BinaryIO | None, counter: _SectionCounter, skip: int) -> int:
+    """Copy ``src`` to its end into ``out`` (None: nowhere), feeding all but the first ``skip``
+    bytes to ``counter``; returns the byte count."""
+    total = 0
     try:
         while data := src.read(1 << 20):
-            out.write(data)
+            if out is not None:
+                out.write(data)
+            if total + len(data) > skip:
+                counter.feed(data[max(0, skip - total):] if total < skip else data)
             total += len(data)
-            tail = (tail + data[-4096:])[-4096:]
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise ArpaError(None, f"cannot decompress: {e}") from e
-    return total, tail
+    return total
 
 
 def _fix_result(src: Path, dst: Path, head: _Head, edits: list, written: int, seconds: float) -> FixResult:
