@@ -34,7 +34,14 @@ from w2v.data.index import resolve_shards
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.lm.decode import greedy_decode
 from w2v.metrics import ErrorCounts
-from w2v.model import ConfigError, CTCModel, build_processor, load_model, wants_attention_mask
+from w2v.model import (
+    ConfigError,
+    CTCModel,
+    build_processor,
+    check_model_config,
+    load_model,
+    wants_attention_mask,
+)
 from w2v.schedule import make_scheduler
 from w2v.text import TextNormalizer, Vocabulary
 
@@ -191,6 +198,8 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError("--gradient_accumulation_steps must be >= 1")
     if cfg.vocab_path and not Path(cfg.vocab_path).is_file():
         raise ConfigError(f"--vocab_path {cfg.vocab_path}: no such file")
+    if cfg.model_config:
+        check_model_config(cfg.model_config)
 
 
 def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> LoaderConfig:

@@ -56,9 +56,13 @@ def odd_set(tmp_path_factory):
 
 def test_evaluate_scores_every_utterance(odd_set, tmp_path):
     shards, model = odd_set
-    report, errors = tmp_path / "eval.json", tmp_path / "errors.jsonl"
+    report, errors, text = tmp_path / "eval.json", tmp_path / "errors.jsonl", tmp_path / "lm.txt"
+    text.write_text("a cat sat\nthe quick brown fox\n")
+    run_tool("build_lm.py", "--text", text, "--order", "3", "--out", tmp_path / "lm", check=True)
     proc = run_tool("evaluate.py", "--model", model, "--shards", shards, "--max-batch-seconds", "3",
-                    "--json", report, "--errors", errors, check=True)
+                    "--lm", tmp_path / "lm", "--beam-width", "2", "--workers", "1", "--json", report, "--errors",
+                    errors, check=True)
+    assert f"LM: {tmp_path / 'lm' / '3gram.arpa'} (3-gram," in proc.stdout  # it names what it decodes with
     result = json.loads(report.read_text())
     assert result["utterances"] == result["index_utterances"] == 3  # the long one is batched alone
     assert result["excluded"] == {} and result["empty_references"] == 1
@@ -68,3 +72,5 @@ def test_evaluate_scores_every_utterance(odd_set, tmp_path):
     assert rows["empty"]["word_edits"] == len(rows["empty"]["hyp"].split())
     assert not rows["plain"]["empty_reference"] and rows["plain"]["wer"] is not None
     assert "3 of the index's 3 utterances scored" in proc.stdout and "empty references" in proc.stdout
+    typo = run_tool("evaluate.py", "--model", model, "--shards", shards, "--lm", tmp_path / "lm3")
+    assert typo.returncode == 2 and "no such LM file or folder" in typo.stderr and "acoustic" not in typo.stderr

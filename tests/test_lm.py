@@ -1,6 +1,7 @@
 """tools/build_lm.py with the real lmplz/build_binary, from text and from shards."""
 
 import kenlm
+import pytest
 
 from tests.conftest import run_tool
 from w2v.lm import arpa_check
@@ -38,3 +39,20 @@ def test_build_lm_from_shards_uses_the_training_normalisation(cv_shards, tmp_pat
 def test_build_lm_refuses_missing_text(tmp_path):
     proc = run_tool("build_lm.py", "--text", tmp_path / "nope.txt", "--out", tmp_path / "lm")
     assert proc.returncode == 2
+
+
+def test_an_lm_folder_holds_one_lm(tmp_path):
+    from w2v.lm.decode import find_lm_file
+
+    text = tmp_path / "lm.txt"
+    text.write_text("the cat sat on the mat\nthe dog sat on the log\n")
+    out = tmp_path / "lm"
+    run_tool("build_lm.py", "--text", text, "--order", "4", "--out", out, "--binary", check=True)
+    again = run_tool("build_lm.py", "--text", text, "--order", "3", "--out", out)
+    assert again.returncode == 2 and "already holds an LM" in again.stderr and "--overwrite" in again.stderr
+    assert find_lm_file(out).name == "4gram.bin"  # untouched: the refused build removed nothing
+    run_tool("build_lm.py", "--text", text, "--order", "3", "--out", out, "--overwrite", check=True)
+    assert sorted(p.name for p in out.iterdir()) == ["3gram.arpa", "corpus.txt", "unigrams.txt"]
+    (out / "4gram.bin").write_bytes(b"mmap lm ")  # a second LM put there by hand: which one is meant?
+    with pytest.raises(ValueError, match="more than one LM"):
+        find_lm_file(out)

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
                                 "--eval_shards", str(shards / "dev"), "--output_dir", str(model_dir),
                                 *small_train, *args.train_args.split()]))
     stage("lm", lambda: run([PY, "tools/build_lm.py", "--text", str(corpus / "lm.txt"), "--order", "4",
-                             "--out", str(lm), "--config", args.config]))
+                             "--out", str(lm), "--config", args.config, "--overwrite"]))
     final = model_dir / "final"
     grid = ["--alphas", "0.3", "0.6", "--betas", "0.0", "1.0"] if args.small else []
     stage("tune", lambda: run([PY, "tools/evaluate.py", "--model", str(final), "--shards", str(shards / "dev"),

@@ -8,6 +8,8 @@ The CTC loss itself is computed by the training loop (sum reduction, fp32, true 
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from pathlib import Path
 
 import torch
@@ -31,6 +33,19 @@ REGULARISATION = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "ma
 
 class ConfigError(ValueError):
     """A configuration that cannot train: reported before training starts."""
+
+
+def check_model_config(settings: dict) -> None:
+    """A `model_config` key that Wav2Vec2Config does not take is an error, not a silent default
+    (a typo such as `num_hiden_layers` would train the default 12 layers)."""
+    known = set(inspect.signature(Wav2Vec2Config.__init__).parameters) - {"self", "kwargs"}
+    unknown = sorted(set(settings) - known)
+    hints = []
+    for key in unknown:
+        near = difflib.get_close_matches(key, known, n=3)
+        hints.append(f"{key}: did you mean {', '.join(near)}?" if near else f"{key}: not a Wav2Vec2Config field")
+    if hints:
+        raise ConfigError(f"model_config has unknown keys ({'; '.join(hints)})")
 
 
 def wants_attention_mask(config: Wav2Vec2Config) -> bool:
@@ -65,6 +80,7 @@ def load_model(cfg: TrainConfig, vocab: Vocabulary) -> Wav2Vec2ForCTC:
                               f"pass --vocab_path {folder / 'vocab.json'} to keep its head")
         model = Wav2Vec2ForCTC.from_pretrained(folder, ignore_mismatched_sizes=True, **_ctc_overrides(cfg, vocab))
     elif cfg.model_config:
+        check_model_config(cfg.model_config)
         model = Wav2Vec2ForCTC(Wav2Vec2Config(**{**cfg.model_config, **_ctc_overrides(cfg, vocab)}))
     else:
         raise ConfigError("give --model_name_or_path LOCAL_DIR or a model_config block in the YAML")

@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--binary", action="store_true", help="also build a trie binary (-q 8 -b 8)")
     p.add_argument("--memory", default="20%", help="lmplz -S")
     p.add_argument("--config", default=None, help="training YAML whose text normalisation to use")
+    p.add_argument("--overwrite", action="store_true", help="replace the LM a non-empty --out folder holds")
     args = p.parse_args(argv)
     if args.text and not Path(args.text).is_file():
         print(f"error: {args.text}: no such file", file=sys.stderr)
@@ -45,8 +46,8 @@ def main(argv=None) -> int:
     try:
         normalizer = TextNormalizer.from_config(read_yaml(args.config) if args.config else {})
         result = build_lm(texts, Path(args.out), args.order, normalizer, args.prune,
-                          args.binary, args.memory)
-    except ValueError as exc:
+                          args.binary, args.memory, args.overwrite)
+    except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     c = result.corpus

@@ -85,6 +85,11 @@ def main(argv=None) -> int:
         print(f"error: {model_dir}: not a model folder (no config.json)", file=sys.stderr)
         return 2
     vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir))
+    try:  # before the acoustic pass: a wrong --lm should not cost a pass over the whole set
+        lm_file = find_lm_file(args.lm) if args.lm else None
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: --lm {args.lm}: {exc}", file=sys.stderr)
+        return 2
     log_probs, keys, texts, audio, compute, loader = acoustic_outputs(model_dir, args.shards, args.index,
                                                                       args.max_batch_seconds)
     refs = [vocab.normalizer(t) for t in texts]
@@ -102,14 +107,14 @@ def main(argv=None) -> int:
               "greedy": score(refs, greedy),
               "real_time_factor": {"acoustic_model": compute / audio, "greedy": greedy_seconds / audio}}
     lm_hyps = None
-    if args.lm:
-        lm_file = find_lm_file(args.lm)
+    if lm_file is not None:
         labels = labels_from_vocab(vocab.tokens, size=log_probs[0].shape[-1] if log_probs else None)
         points = [(a, b) for a in args.alphas for b in args.betas] if args.tune else [(args.alpha, args.beta)]
         best, grid = None, []
         # one decoder, one KenLM load for the whole grid; batches in a fork pool made after it
         with BeamDecoder(labels, lm_file, load_unigrams(lm_file), points[0][0], points[0][1], args.beam_width,
                          processes=args.workers or os.cpu_count() or 1) as decoder:
+            print(f"LM: {decoder.describe()}")
             for alpha, beta in tqdm(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1):
                 decoder.set_weights(alpha, beta)
                 start = time.perf_counter()

@@ -110,9 +110,25 @@ class LMResult:
     counts: list[int]
 
 
+# What a build writes into its folder; an LM folder holds one LM, so that `--lm DIR` is unambiguous.
+LM_FOLDER_FILES = ("corpus.txt", "unigrams.txt", "*gram.arpa", "*gram.bin")
+
+
+def clear_lm_folder(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a folder that already holds an LM, unless `overwrite`: then remove that LM's files."""
+    existing = sorted({p for pattern in LM_FOLDER_FILES for p in out_dir.glob(pattern)})
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds an LM ({', '.join(p.name for p in existing)}): "
+                              "pass --overwrite to replace it, or choose another folder")
+    for path in existing:
+        path.unlink()
+
+
 def build_lm(texts: Iterable[str], out_dir: Path, order: int = 5, normalizer: TextNormalizer | None = None,
-             prune: list[int] | None = None, binary: bool = False, memory: str = "20%") -> LMResult:
+             prune: list[int] | None = None, binary: bool = False, memory: str = "20%",
+             overwrite: bool = False) -> LMResult:
     out_dir.mkdir(parents=True, exist_ok=True)
+    clear_lm_folder(out_dir, overwrite)
     normalizer = normalizer or TextNormalizer()
     corpus_path = out_dir / "corpus.txt"
     stats = write_corpus(texts, corpus_path, normalizer)

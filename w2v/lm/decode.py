@@ -92,14 +92,22 @@ def tokenizer_labels(tokenizer: Any, size: int | None = None) -> list[str]:
 
 
 def find_lm_file(lm: str | os.PathLike) -> Path:
-    """The KenLM file to use: ``lm`` itself, or in a folder its binary (loads faster) else its ARPA."""
+    """The KenLM file to use: ``lm`` itself, or in a folder its one LM: the binary (loads faster),
+    else the ARPA. A folder with files of two different LMs (``3gram.arpa`` beside ``4gram.bin``)
+    is refused: which one was meant cannot be told."""
     path = Path(lm)
     if path.is_file():
         return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such LM file or folder")
+    found = sorted(p for suffix in LM_SUFFIXES for p in path.glob(f"*{suffix}"))
+    models = sorted({p.name[: -len(p.suffix)] for p in found})
+    if len(models) > 1:
+        raise ValueError(f"{path} holds more than one LM ({', '.join(p.name for p in found)}): pass the file")
     for suffix in LM_SUFFIXES:
-        found = sorted(path.glob(f"*{suffix}"))
-        if found:
-            return found[0]
+        for candidate in found:
+            if candidate.suffix == suffix:
+                return candidate
     raise FileNotFoundError(f"no KenLM model ({', '.join(LM_SUFFIXES)}) in {path}")
 
 
@@ -143,10 +151,18 @@ class BeamDecoder:
                  unigrams: Sequence[str] | None = None, alpha: float = 0.5, beta: float = 1.0,
                  beam_width: int = 100, processes: int = 1):
         self.labels = list(labels)
-        self.decoder = build_lm_decoder(self.labels, lm, unigrams, alpha, beta)
+        self.lm_file = find_lm_file(lm) if lm is not None else None
+        self.decoder = build_lm_decoder(self.labels, self.lm_file, unigrams, alpha, beta)
         self.beam_width = beam_width
         self.processes = processes
         self._pool: Any = None
+
+    def describe(self) -> str:
+        """Which LM it decodes with: the file, its order and size (or that there is none)."""
+        if self.lm_file is None:
+            return "no LM (beam search over the acoustic model alone)"
+        order = self.decoder._language_model.order  # pyctcdecode's LanguageModel, as KenLM loaded it
+        return f"{self.lm_file} ({order}-gram, {self.lm_file.stat().st_size / 1e6:.1f} MB)"
 
     def set_weights(self, alpha: float, beta: float) -> None:
         """New LM weight and word bonus. The pool restarts: its children hold the weights they forked with."""
