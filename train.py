@@ -29,13 +29,12 @@ from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
-from w2v.config import TrainConfig, parse_config
+from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
 from w2v.data.index import resolve_shards
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.lm.decode import greedy_decode
 from w2v.metrics import ErrorCounts
 from w2v.model import (
-    ConfigError,
     CTCModel,
     build_processor,
     check_model_config,
@@ -53,6 +52,9 @@ RESUME_MUST_MATCH = ("model_name_or_path", "model_config", "max_batch_seconds", 
 
 def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- set-up
+    check_inputs(cfg)
+    cfg.mixed_precision, precision_why = resolve_mixed_precision(
+        cfg, os.environ.get("ACCELERATE_MIXED_PRECISION"), torch.cuda.is_available())
     ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.layerdrop > 0 or cfg.freeze_finetune_steps > 0)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               log_with=None if cfg.report_to == "none" else cfg.report_to,
@@ -60,7 +62,7 @@ def main(cfg: TrainConfig) -> None:
     main_proc = accelerator.is_main_process
     say = accelerator.print
     out = Path(cfg.output_dir)
-    check_inputs(cfg)
+    say(f"mixed precision: {cfg.mixed_precision} ({precision_why})")
     set_seed(cfg.seed)
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
@@ -71,6 +73,7 @@ def main(cfg: TrainConfig) -> None:
     with accelerator.main_process_first():
         if main_proc:
             out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, out / "config.yaml")  # with the precision actually used
             if cfg.vocab_path:
                 shutil.copyfile(cfg.vocab_path, vocab_file)
             elif not vocab_file.is_file() or not cfg.resume_from_checkpoint:
@@ -192,8 +195,6 @@ def check_inputs(cfg: TrainConfig) -> None:
     """Bad configuration → a clear error before any model or data work."""
     if not cfg.train_shards:
         raise ConfigError("--train_shards is required (a shard folder, brace pattern, glob or URLs)")
-    if cfg.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"--mixed_precision must be no, fp16 or bf16, not {cfg.mixed_precision!r}")
     if cfg.gradient_accumulation_steps < 1:
         raise ConfigError("--gradient_accumulation_steps must be >= 1")
     if cfg.vocab_path and not Path(cfg.vocab_path).is_file():

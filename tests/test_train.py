@@ -28,12 +28,12 @@ TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
 def launch(out: Path, shards, *args: str, procs: int = 1, check: bool = True,
-           hooks: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+           hooks: dict[str, str] | None = None, precision: str = "no") -> subprocess.CompletedProcess:
     """`accelerate launch [--multi_gpu --num_processes 2] train.py --config configs/tiny.yaml …`;
     with `hooks` (W2V_TEST_* variables), tests/train_with_hooks.py instead of train.py."""
     dist = ["--multi_gpu", "--num_processes", "2"] if procs == 2 else ["--num_processes", "1"]
     script = ROOT / ("tests/train_with_hooks.py" if hooks else "train.py")
-    cmd = [ACCELERATE, "launch", *dist, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    cmd = [ACCELERATE, "launch", *dist, "--num_machines", "1", "--mixed_precision", precision, "--dynamo_backend", "no",
            str(script), "--config", TINY, "--train_shards", str(shards), "--output_dir", str(out), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(hooks or {})}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
@@ -172,3 +172,56 @@ def test_memorises_a_few_utterances_and_pipeline_loads_the_result(cv_shards, tmp
     text = asr(str(wav))["text"]
     reference = TextNormalizer()(expected.written[member.name.split(".")[0]][1])
     assert ErrorCounts.of([reference], [text]).cer < 0.2, (reference, text)
+
+
+def train_directly(out: Path, shards, *args: str, config: str | Path = TINY,
+                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python train.py …` in one process (exit codes and error lines are its own, not accelerate's)."""
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--train_shards", str(shards),
+           "--output_dir", str(out), *args]
+    environment = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**environment, **(env or {})})
+
+
+def test_the_launchers_precision_is_used_saved_and_repeatable(cv_shards, tmp_path):
+    import yaml
+
+    shards, _ = cv_shards
+    dtype = tmp_path / "dtype.txt"
+    proc = launch(tmp_path / "bf16", shards, "--max_steps", "2", "--max_batch_size", "2", precision="bf16",
+                  hooks={"W2V_TEST_LOGITS_DTYPE": str(dtype)})
+    assert "mixed precision: bf16 (from accelerate launch)" in proc.stdout
+    assert dtype.read_text() == "torch.bfloat16"  # the model really ran under bf16 autocast
+    saved = yaml.safe_load((tmp_path / "bf16" / "config.yaml").read_text())
+    assert saved["mixed_precision"] == "bf16" and saved["model_config"]["hidden_size"] == 96
+    # the saved file repeats the run: same settings, same weights
+    again = train_directly(tmp_path / "again", shards, config=tmp_path / "bf16" / "config.yaml")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"mixed precision: bf16 (from {tmp_path / 'bf16' / 'config.yaml'})" in again.stdout
+    a = load_file(tmp_path / "bf16" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "again" / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_precision_sources_that_disagree_are_named(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    both = train_directly(tmp_path / "both", shards, "--mixed_precision", "no", env={"ACCELERATE_MIXED_PRECISION": "bf16"})
+    assert both.returncode == 2
+    assert "train.py --mixed_precision no but accelerate launch --mixed_precision bf16" in both.stderr
+    fp16 = train_directly(tmp_path / "fp16", shards, "--mixed_precision", "fp16")
+    assert fp16.returncode == 2 and "fp16" in fp16.stderr and "needs a CUDA GPU" in fp16.stderr
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(Path(TINY).read_text() + "mixed_precision: fp16\n")
+    proc = train_directly(tmp_path / "recipe", shards, "--max_steps", "1", config=recipe,
+                          env={"ACCELERATE_MIXED_PRECISION": "bf16"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"mixed precision: bf16 (from accelerate launch; {recipe} says fp16" in proc.stdout
+
+
+def test_a_model_config_typo_is_refused(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(Path(TINY).read_text().replace("num_hidden_layers:", "num_hiden_layers:"))
+    proc = train_directly(tmp_path / "typo", shards, config=typo)
+    assert proc.returncode == 2
+    assert "num_hiden_layers: did you mean num_hidden_layers" in proc.stderr

@@ -3,7 +3,9 @@ it with `accelerate launch tests/train_with_hooks.py …` (same arguments as tra
 
 - W2V_TEST_NAN_UPDATE=N: rank 0's loss is NaN in update N (counted from 0 in this process);
 - W2V_TEST_DUMP_GRADIENTS=FILE: rank 0 saves the first update's all-reduced gradients (before
-  clipping) to FILE.
+  clipping) to FILE;
+- W2V_TEST_LOGITS_DTYPE=FILE: rank 0 writes the dtype of the CTC head's output in training (what
+  autocast really ran) to FILE.
 
 The training loop itself carries no test code: the hooks replace its module-level steps.
 """
@@ -18,6 +20,7 @@ from w2v.config import parse_config
 
 NAN_UPDATE = int(os.environ.get("W2V_TEST_NAN_UPDATE", "-1"))
 DUMP_GRADIENTS = os.environ.get("W2V_TEST_DUMP_GRADIENTS")
+LOGITS_DTYPE = os.environ.get("W2V_TEST_LOGITS_DTYPE")
 update = -1  # the update whose window is being processed
 real_next_window, real_loss, real_step = train.next_window, train.ctc_loss_sum, train.optimizer_step
 
@@ -28,7 +31,15 @@ def next_window(*args, **kwargs):
     return real_next_window(*args, **kwargs)
 
 
+def write_dtype(module, inputs, output):
+    with open(LOGITS_DTYPE, "w") as handle:
+        handle.write(str(output.dtype))
+
+
 def ctc_loss_sum(model, batch, blank, accelerator, train_encoder):
+    head = accelerator.unwrap_model(model).model.lm_head  # inside autocast (prepare() casts the outputs back)
+    if LOGITS_DTYPE and accelerator.is_main_process and not head._forward_hooks:
+        head.register_forward_hook(write_dtype)
     loss = real_loss(model, batch, blank, accelerator, train_encoder)
     if update == NAN_UPDATE and accelerator.is_main_process:
         loss = loss * float("nan")

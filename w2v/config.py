@@ -15,6 +15,12 @@ from pathlib import Path
 
 import yaml
 
+from w2v.atomic import write_atomic
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot train: reported before training starts (train.py exits 2)."""
+
 
 @dataclass
 class TrainConfig:
@@ -71,7 +77,9 @@ class TrainConfig:
     max_steps: int = field(default=0, metadata={"help": "optimizer updates (0: from num_train_epochs)"})
     num_train_epochs: float = 1.0
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str | None = field(default=None, metadata={
+        "help": "no | fp16 | bf16 (unset: what accelerate launch says, else no); train.py's flag, then the "
+                "launcher's fp16/bf16, then the YAML's value decide, and the run prints which one it used"})
     seed: int = 42
     # --- logging, evaluation, checkpoints -----------------------------------------------------
     logging_steps: int = 50
@@ -86,11 +94,21 @@ class TrainConfig:
     model_config: dict | None = field(default=None, init=False)
     replacements: list | None = field(default=None, init=False)
 
+    # Where mixed_precision came from ("train.py --mixed_precision" or the YAML file): set by
+    # parse_config, None for a value set in code (a class attribute, not a field: not in to_dict).
+    mixed_precision_source = None
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 YAML_ONLY = ("model_config", "replacements")
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Every setting of a run as YAML (what `--config` reads back to repeat it), written atomically."""
+    text = "# the resolved settings of this run: `train.py --config THIS_FILE` repeats it\n"
+    write_atomic(path, (text + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)).encode())
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -110,9 +128,11 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     yaml_values: dict = {}
+    config_path = None
     if "--config" in argv:
         i = argv.index("--config")
-        yaml_values = read_yaml(argv[i + 1])
+        config_path = argv[i + 1]
+        yaml_values = read_yaml(config_path)
         del argv[i:i + 2]
     parser = HfArgumentParser(TrainConfig)
     # YAML values become the defaults the command line overrides
@@ -121,4 +141,41 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     for key in YAML_ONLY:
         if key in yaml_values:
             setattr(cfg, key, yaml_values[key])
+    if any(a == "--mixed_precision" or a.startswith("--mixed_precision=") for a in argv):
+        cfg.mixed_precision_source = "train.py --mixed_precision"
+    elif yaml_values.get("mixed_precision") is not None:
+        cfg.mixed_precision_source = str(config_path)
     return cfg
+
+
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def resolve_mixed_precision(cfg: TrainConfig, launcher: str | None, cuda: bool) -> tuple[str, str]:
+    """The precision a run uses and a sentence saying why, by one rule: train.py's own flag, then
+    `accelerate launch --mixed_precision fp16|bf16` (or `accelerate config`), then the YAML's
+    `mixed_precision` (a recipe's default), then "no". The launcher's "no" counts as unset: it is
+    also what accelerate passes when nothing was chosen. train.py's flag against a different
+    fp16/bf16 of the launcher is an error, as is fp16 without a CUDA GPU. `launcher`: the
+    ACCELERATE_MIXED_PRECISION that accelerate launch sets for its processes."""
+    own, source = cfg.mixed_precision, cfg.mixed_precision_source or "the config"
+    launched = launcher if launcher in ("fp16", "bf16") else None
+    for value, where in ((own, source), (launcher, "accelerate launch")):
+        if value is not None and value not in PRECISIONS:
+            raise ConfigError(f"mixed precision {value!r} from {where}: choose one of {', '.join(PRECISIONS)}")
+    if own is not None and source == "train.py --mixed_precision" and launched and launched != own:
+        raise ConfigError(f"train.py --mixed_precision {own} but accelerate launch --mixed_precision {launched}: "
+                          "give one of them")
+    if own is not None and source == "train.py --mixed_precision":
+        precision, why = own, "from train.py --mixed_precision"
+    elif launched:
+        precision, why = launched, "from accelerate launch"
+        if own is not None and own != launched:
+            why += f"; {source} says {own}, and the launcher's choice wins over a config file's"
+    elif own is not None:
+        precision, why = own, f"from {source}"
+    else:
+        precision, why = "no", "neither the launcher nor the config sets it"
+    if precision == "fp16" and not cuda:
+        raise ConfigError(f"mixed precision fp16 ({why}) needs a CUDA GPU; on the CPU use bf16 or no")
+    return precision, why

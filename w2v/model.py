@@ -22,17 +22,13 @@ from transformers import (
     Wav2Vec2Processor,
 )
 
-from w2v.config import TrainConfig
+from w2v.config import ConfigError, TrainConfig
 from w2v.text import PAD, UNK, WORD_DELIMITER, Vocabulary
 
 # Settings from the training config copied into the model config (SpecAugment, dropouts, layerdrop).
 REGULARISATION = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length",
                   "layerdrop", "hidden_dropout", "activation_dropout", "attention_dropout",
                   "feat_proj_dropout", "final_dropout")
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot train: reported before training starts."""
 
 
 def check_model_config(settings: dict) -> None:
