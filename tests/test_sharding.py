@@ -1,5 +1,6 @@
 """w2v-make-shards (tools/make_shards.py) on real corpora, read back with plain tarfile/webdataset + soundfile."""
 
+import csv
 import hashlib
 import io
 import json
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 import webdataset as wds
 
 from tests import corpora
@@ -207,3 +209,81 @@ def test_inspect_shards_report(commonvoice, tmp_path):
         assert expected.written[wav.stem][1] in page  # transcript beside its player
     assert "LEFT DOUBLE QUOTATION MARK" in page  # the inventory names the symbols to normalise
     assert "6 utterances" in proc.stdout
+
+
+# --- segments of long recordings (NeMo's offset/duration, or start/end) ------------------------
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """Three espeak sentences joined into one recording, at 16 kHz and at 22.05 kHz, with the
+    sentences' boundaries in seconds."""
+    root = tmp_path_factory.mktemp("recording")
+    parts, bounds, start = [], [], 0.0
+    for i, text in enumerate(corpora.SENTENCES[:3]):
+        part = root / f"part{i}.wav"
+        seconds = corpora.speak_to(text, part, i, 16000, "wav", root)
+        parts.append(str(part))
+        bounds.append((round(start, 3), round(start + seconds, 3), text))
+        start += seconds
+    corpora.run("sox", *parts, str(root / "rec16.wav"))
+    corpora.run("sox", str(root / "rec16.wav"), "-r", "22050", str(root / "rec22.wav"))
+    return root, bounds
+
+
+def test_segments_are_cut_resampled_once_and_decoded_once(recording, tmp_path, monkeypatch):
+    from w2v.data import audio
+
+    root, bounds = recording
+    total = sum(e - s for s, e, _ in bounds)
+    rows = [{"audio_filepath": "rec16.wav", "text": "the whole", "id": "whole16"},
+            {"audio_filepath": "rec22.wav", "text": "the whole", "id": "whole22"}]
+    for name in ("rec16", "rec22"):
+        rows += [{"audio_filepath": f"{name}.wav", "text": t, "offset": s, "duration": round(e - s, 3)}
+                 for s, e, t in bounds]
+    rows.append({"audio_filepath": "rec16.wav", "text": "past the end", "offset": total - 0.5, "duration": 2.0})
+    rows.append({"audio_filepath": "rec16.wav", "text": "no length", "offset": 1.0, "duration": 0})
+    manifest = root / "segments.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    decoded: list[str] = []
+    real_read = audio.read_audio
+    monkeypatch.setattr(audio, "read_audio", lambda src: decoded.append(Path(src).name) or real_read(src))
+    summary = make_shards(open_corpus(manifest), tmp_path / "out", ShardOptions(), progress=False)
+    assert decoded == ["rec16.wav", "rec22.wav", "rec16.wav", "rec22.wav", "rec16.wav"]  # once per run of rows
+    assert summary.written == 8 and summary.skipped == {"segment_out_of_range": 1, "bad_segment": 1}
+    got = read_back(tmp_path / "out")
+    src22 = sf.read(root / "rec22.wav", dtype="float32")[0]
+    keys = [f"rec16_{round(s * 1000):09d}" for s, _, _ in bounds]
+    whole16, whole22 = got["whole16"][0], got["whole22"][0]
+    for key, (s, e, text) in zip(keys, bounds, strict=True):
+        wave, _, meta, _ = got[key]
+        assert meta["text"] == text and meta["segment"] == {"start": s, "end": pytest.approx(e)}
+        assert "offset" not in meta and meta["source"].startswith("rec16.wav@")
+        # 16 kHz: no resampling, so the segment is the recording's samples, exactly
+        np.testing.assert_array_equal(wave, whole16[round(s * 16000):round(e * 16000)])
+        # 22.05 kHz: the span cut at the source rate, then resampled once (soxr HQ, as by hand)
+        seg22 = got[key.replace("rec16", "rec22")][0]
+        span = src22[round(s * 22050):round(e * 22050)]
+        by_hand = np.clip(np.rint(soxr.resample(span, 22050, 16000, quality="HQ") * 32767), -32768, 32767)
+        assert len(seg22) == len(by_hand) and np.abs(seg22 - by_hand).max() <= 1
+        # and it is the same speech as that span of the resampled whole
+        inner = slice(800, len(seg22) - 800)
+        ref22 = whole22[round(s * 16000):round(s * 16000) + len(seg22)]
+        assert np.corrcoef(seg22[inner], ref22[inner])[0, 1] > 0.95
+    skipped = [json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
+    assert {r["reason"] for r in skipped} == {"segment_out_of_range", "bad_segment"}
+    assert any("but the recording is" in r["detail"] for r in skipped)
+
+
+def test_segments_in_a_csv_manifest_with_start_and_end(recording, tmp_path):
+    root, bounds = recording
+    manifest = root / "segments.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "sentence", "start", "end"])
+        writer.writerows(["rec16.wav", t, s, e] for s, e, t in bounds)
+    run_tool("make_shards.py", manifest, "--out", tmp_path / "csv", "--no-progress", check=True)
+    got = read_back(tmp_path / "csv")
+    assert sorted(got) == sorted(f"rec16_{round(s * 1000):09d}" for s, _, _ in bounds)
+    for s, e, _ in bounds:
+        assert abs(len(got[f"rec16_{round(s * 1000):09d}"][0]) - round((e - s) * 16000)) <= 1

@@ -19,6 +19,9 @@ FORMATS = ("auto", "commonvoice", "librispeech", "manifest")
 AUDIO_COLUMNS = ("audio", "path", "audio_filepath", "file")
 TEXT_COLUMNS = ("text", "sentence", "transcript")
 KEY_COLUMNS = ("id", "key", "utt_id")
+# A segment of a longer recording: NeMo's offset + duration (seconds), or start + end. `duration`
+# alone is not a segment: NeMo manifests give every whole file its duration too.
+SEGMENT_COLUMNS = ("offset", "duration", "start", "end")
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 
 
@@ -34,6 +37,7 @@ class Utterance:
     source: str  # where it came from, relative to the corpus root (or "file:line")
     meta: dict = field(default_factory=dict)  # speaker, locale, ... from the source
     problem: str | None = None  # a skip reason known before decoding
+    span: tuple[float, float | None] | None = None  # (start, end) seconds of a segment; end None: to the end
 
 
 def safe_key(name: str) -> str:
@@ -58,6 +62,27 @@ def _text_problem(text: str | None) -> str | None:
     if not text.strip():
         return "empty_text"
     return None
+
+
+def _segment(row: dict) -> tuple[tuple[float, float | None] | None, str | None]:
+    """(span, problem) of a manifest row: None when it is a whole recording."""
+    def number(key: str) -> float | None:
+        value = row.get(key)
+        return None if value in (None, "") else float(value)
+
+    try:
+        if number("offset") is not None:
+            start, length = number("offset"), number("duration")
+            end = None if length is None else start + length
+        elif number("start") is not None or number("end") is not None:
+            start, end = number("start") or 0.0, number("end")
+        else:
+            return None, None
+    except (TypeError, ValueError):
+        return None, "bad_segment"
+    if start < 0 or (end is not None and end <= start):
+        return (start, end), "bad_segment"
+    return (start, end), None
 
 
 def _pick(columns: list[str], wanted: tuple[str, ...]) -> str | None:
@@ -149,20 +174,28 @@ class TableCorpus(Corpus):
                 continue
             path = Path(str(audio))
             path = path if path.is_absolute() else self.audio_root / path
+            span, segment_problem = _segment(row)
             given = next((row[c] for c in KEY_COLUMNS if row.get(c) not in (None, "")), None)
             raw_key = str(given) if given is not None else Path(str(audio)).stem
+            if span is not None and given is None:  # stable and unique: the recording plus its start
+                raw_key = f"{raw_key}_{round(span[0] * 1000):09d}"
             key = safe_key(raw_key)
             if key in seen:  # duplicate names in different folders: keep both, deterministically
                 seen[key] += 1
                 key = f"{key}_{seen[key]}"
             else:
                 seen[key] = 0
-            meta = {k: v for k, v in row.items() if k not in (self.audio_col, self.text_col) and v not in ("", None)}
+            dropped = (self.audio_col, self.text_col, *(SEGMENT_COLUMNS if span is not None else ()))
+            meta = {k: v for k, v in row.items() if k not in dropped and v not in ("", None)}
             try:
                 rel = str(path.relative_to(self.root))
             except ValueError:
                 rel = str(path)
-            yield Utterance(key, path, text, rel, meta, _text_problem(text))
+            if span is not None:
+                end = "end" if span[1] is None else f"{span[1]:.3f}"
+                rel = f"{rel}@{span[0]:.3f}-{end}"
+                meta["segment"] = {"start": span[0], "end": span[1]}
+            yield Utterance(key, path, text, rel, meta, segment_problem or _text_problem(text), span)
 
 
 def _table_header(table: Path, kind: str) -> list[str]:

@@ -14,9 +14,9 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from itertools import islice
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from w2v.atomic import TMP_SUFFIX, AtomicFile
@@ -29,6 +29,10 @@ from w2v.data.writer import ShardWriter, write_index
 # conv stack needs 400 samples (25 ms) for a single frame, and no transcript fits in 0.1 s.
 MIN_DECODED_SECONDS = 0.1
 CHUNK = 4  # utterances per task: amortises IPC without holding much audio
+# Segments of one recording listed together go to one task, so it is decoded once: up to this many.
+MAX_SEGMENTS_PER_TASK = 256
+# A segment may end this far past its recording (rounded end times), and is cut at the end.
+SEGMENT_END_TOLERANCE = 0.05
 
 
 @dataclass
@@ -55,14 +59,49 @@ class Prepared:
     detail: str = ""
 
 
-def prepare(utt: Utterance, opts: ShardOptions) -> Prepared:
-    """Decode, downmix, resample and encode one utterance, or say why it is skipped."""
+class DecodedRecording:
+    """The last recording decoded in this process: its segments, listed together, reuse it."""
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.result: tuple[np.ndarray, int] | audio.AudioError | None = None
+
+    def read(self, path: Path) -> tuple[np.ndarray, int]:
+        if path != self.path:
+            self.path = path
+            try:
+                self.result = audio.read_audio(path)
+            except audio.AudioError as exc:
+                self.result = exc
+        if isinstance(self.result, audio.AudioError):
+            raise self.result
+        return self.result
+
+
+def _cut(data: np.ndarray, sr: int, span: tuple[float, float | None]) -> np.ndarray | str:
+    """The frames of a segment, at the recording's own rate; a detail string if it does not fit."""
+    length = len(data) / sr
+    start, end = span
+    if end is None:
+        end = length
+    if start >= length or end > length + SEGMENT_END_TOLERANCE:
+        return f"{start:.3f}-{end:.3f} s, but the recording is {length:.3f} s"
+    return data[round(start * sr):min(round(end * sr), len(data))]
+
+
+def prepare(utt: Utterance, opts: ShardOptions, recording: DecodedRecording | None = None) -> Prepared:
+    """Decode, downmix, resample and encode one utterance (a segment: its span only, resampled once
+    from the recording's rate), or say why it is skipped."""
     if utt.problem:
         return Prepared(utt.key, utt.source, reason=utt.problem)
     try:
-        data, sr = audio.read_audio(utt.audio)
+        data, sr = (recording or DecodedRecording()).read(utt.audio)
     except audio.AudioError as exc:
         return Prepared(utt.key, utt.source, reason=exc.reason, detail=exc.detail)
+    if utt.span is not None:
+        data = _cut(data, sr, utt.span)
+        if isinstance(data, str):
+            return Prepared(utt.key, utt.source, reason="segment_out_of_range", detail=data)
     wave = audio.resample(audio.to_mono(data), sr, audio.TARGET_SR, opts.resampler, opts.device)
     seconds = len(wave) / audio.TARGET_SR
     detail = f"{seconds:.3f} s"
@@ -90,19 +129,29 @@ def prepare(utt: Utterance, opts: ShardOptions) -> Prepared:
 
 def _prepare_chunk(args: tuple[list[Utterance], ShardOptions]) -> list[Prepared]:
     chunk, opts = args
-    return [prepare(u, opts) for u in chunk]
+    recording = DecodedRecording()
+    return [prepare(u, opts, recording) for u in chunk]
 
 
 def _chunks(items: Iterator[Utterance], size: int) -> Iterator[list[Utterance]]:
-    while chunk := list(islice(items, size)):
+    """Tasks of `size` utterances, extended while the next one is a segment of the same recording."""
+    chunk: list[Utterance] = []
+    for utt in items:
+        same = chunk and utt.span is not None and utt.audio == chunk[-1].audio
+        if len(chunk) >= size and not (same and len(chunk) < MAX_SEGMENTS_PER_TASK):
+            yield chunk
+            chunk = []
+        chunk.append(utt)
+    if chunk:
         yield chunk
 
 
 def prepared_in_order(corpus: Corpus, opts: ShardOptions) -> Iterator[Prepared]:
     """Prepared utterances in corpus order, computed by `opts.workers` processes."""
     if opts.workers <= 1:  # inline: no IPC, and an honest one-core measurement
+        recording = DecodedRecording()
         for utt in corpus.utterances():
-            yield prepare(utt, opts)
+            yield prepare(utt, opts, recording)
         return
     # fork: the workers inherit imported modules, so start-up costs milliseconds.
     ctx = mp.get_context("fork")
