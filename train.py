@@ -74,20 +74,24 @@ def main(cfg: TrainConfig) -> None:
         if main_proc:
             out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out / "config.yaml")  # with the precision actually used
-            if cfg.vocab_path:
-                shutil.copyfile(cfg.vocab_path, vocab_file)
+            if cfg.vocab_path:  # with the special tokens its tokenizer files name
+                Vocabulary.load(cfg.vocab_path).save(vocab_file)
             elif not vocab_file.is_file() or not cfg.resume_from_checkpoint:
                 Vocabulary.build(training_texts(cfg.train_shards, cfg.train_index), normalizer).save(vocab_file)
     vocab = Vocabulary.load(vocab_file, normalizer)
+    matched = normalizer.for_vocabulary(vocab)
+    if matched is not normalizer:
+        say(f"the vocabulary is {vocab.case}-case: transcripts are {vocab.case}-cased to match it")
+        normalizer = vocab.normalizer = matched
 
     # ---------------------------------------------------------------- model
-    model = load_model(cfg, vocab)
-    processor = build_processor(vocab_file, model.config)
+    model, head_note = load_model(cfg, vocab)
+    processor = build_processor(vocab_file, model.config, vocab)
     use_mask = wants_attention_mask(model.config)
     conv = (model.config.conv_kernel, model.config.conv_stride)
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
         f"feat_extract_norm={model.config.feat_extract_norm} → attention mask {'on' if use_mask else 'off'}, "
-        f"vocabulary {len(vocab)}")
+        f"vocabulary {len(vocab)}; {head_note}")
 
     # ---------------------------------------------------------------- data
     ranks = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
@@ -355,7 +359,7 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
     what could not be scored (damaged shards or members), by reason."""
     model.eval()
     counts, examples = ErrorCounts(), []
-    inverse = {i: t for t, i in vocab.tokens.items()}
+    inverse = vocab.decoding_table()
     with torch.no_grad():
         for batch in loader:
             device = accelerator.device

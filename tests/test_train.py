@@ -137,7 +137,7 @@ def test_attention_mask_rule_follows_the_feature_norm(cv_shards):
                             "intermediate_size": 16, "conv_dim": [8] * 7, "feat_extract_norm": norm,
                             "do_stable_layer_norm": norm == "layer", "num_conv_pos_embeddings": 8,
                             "num_conv_pos_embedding_groups": 2}
-        model = load_model(cfg, vocab)
+        model, _ = load_model(cfg, vocab)
         assert wants_attention_mask(model.config) is mask_expected
         seen = []
         model.wav2vec2.register_forward_pre_hook(lambda m, a, kw, seen=seen: seen.append(kw.get("attention_mask")),
@@ -225,3 +225,66 @@ def test_a_model_config_typo_is_refused(cv_shards, tmp_path):
     proc = train_directly(tmp_path / "typo", shards, config=typo)
     assert proc.returncode == 2
     assert "num_hiden_layers: did you mean num_hidden_layers" in proc.stderr
+
+
+# --- checkpoints in the hub's CTC layout (facebook/wav2vec2-base-960h's) -----------------------
+
+
+@pytest.fixture(scope="module")
+def hub_ctc_folder(tmp_path_factory) -> Path:
+    """A CTC model folder made with transformers' own classes in the 960h layout: `<pad>` = 0, `<s>`,
+    `</s>`, `<unk>`, `|`, upper-case letters, do_lower_case false."""
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    folder = tmp_path_factory.mktemp("wav2vec2-960h-layout")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4,
+             **{c: 5 + i for i, c in enumerate("ETAONIHSRDLUMWCFGYPBVK'XJQZ")}}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                     bos_token="<s>", eos_token="</s>", word_delimiter_token="|", do_lower_case=False)
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                         return_attention_mask=False)
+    config = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8),
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0,
+                            feat_extract_norm="group")
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).save_pretrained(folder)
+    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_evaluate_reads_a_hub_checkpoint(cv_shards, hub_ctc_folder, tmp_path):
+    shards, _ = cv_shards
+    errors = tmp_path / "errors.jsonl"
+    run_tool("evaluate.py", "--model", hub_ctc_folder, "--shards", shards, "--errors", errors, check=True)
+    refs = [json.loads(line)["ref"] for line in errors.read_text().splitlines()]
+    assert len(refs) == 6 and all(r == r.upper() and r for r in refs)  # normalised to the vocabulary's case
+
+
+def test_train_from_a_hub_checkpoint_keeps_or_replaces_its_head(cv_shards, hub_ctc_folder, tmp_path):
+    shards, _ = cv_shards
+    base = ["--model_name_or_path", str(hub_ctc_folder), "--max_steps", "2", "--max_batch_size", "2"]
+    kept = train_directly(tmp_path / "kept", shards, *base, "--vocab_path", str(hub_ctc_folder / "vocab.json"))
+    assert kept.returncode == 0, kept.stderr[-3000:]
+    assert "the vocabulary is upper-case" in kept.stdout and "its vocabulary" in kept.stdout
+    saved = json.loads((tmp_path / "kept" / "final" / "tokenizer_config.json").read_text())
+    assert saved["pad_token"] == "<pad>" and saved["unk_token"] == "<unk>"
+    assert json.loads((tmp_path / "kept" / "final" / "config.json").read_text())["vocab_size"] == 32
+
+    refused = train_directly(tmp_path / "refused", shards, *base)  # a vocabulary built from the data
+    assert refused.returncode == 2 and "--ignore_mismatched_sizes" in refused.stderr
+    assert "has a CTC head of 32 labels" in refused.stderr
+
+    fresh = train_directly(tmp_path / "fresh", shards, *base, "--ignore_mismatched_sizes")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "a fresh CTC head of" in fresh.stdout and "had 32 labels" in fresh.stdout
+    new_vocab = json.loads((tmp_path / "fresh" / "vocab.json").read_text())
+    assert "[PAD]" in new_vocab and len(new_vocab) != 32
+    assert json.loads((tmp_path / "fresh" / "final" / "config.json").read_text())["vocab_size"] == len(new_vocab)

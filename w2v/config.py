@@ -49,6 +49,8 @@ class TrainConfig:
     # --- model ----------------------------------------------------------------------------------
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "a local pretrained Hugging Face folder (nothing is downloaded)"})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "a checkpoint with a CTC head for another vocabulary: start a fresh head for this one"})
     freeze_feature_encoder: bool = True
     freeze_finetune_steps: int = field(default=0, metadata={"help": "updates during which only the CTC head trains"})
     mask_time_prob: float = 0.05

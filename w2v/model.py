@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from w2v.config import ConfigError, TrainConfig
-from w2v.text import PAD, UNK, WORD_DELIMITER, Vocabulary
+from w2v.text import Vocabulary
 
 # Settings from the training config copied into the model config (SpecAugment, dropouts, layerdrop).
 REGULARISATION = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length",
@@ -49,8 +49,12 @@ def wants_attention_mask(config: Wav2Vec2Config) -> bool:
     return config.feat_extract_norm == "layer"
 
 
-def build_processor(vocab_file: str | Path, config: Wav2Vec2Config) -> Wav2Vec2Processor:
-    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), unk_token=UNK, pad_token=PAD, word_delimiter_token=WORD_DELIMITER)
+def build_processor(vocab_file: str | Path, config: Wav2Vec2Config, vocab: Vocabulary) -> Wav2Vec2Processor:
+    """The processor saved with the model: its tokenizer names the vocabulary's own special tokens."""
+    s = vocab.specials
+    bos_eos = dict(zip(("bos_token", "eos_token"), s.others, strict=False))
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), unk_token=s.unk, pad_token=s.pad, word_delimiter_token=s.delimiter,
+                                     do_lower_case=False, **bos_eos)
     extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                          return_attention_mask=wants_attention_mask(config))
     return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
@@ -61,30 +65,50 @@ def _ctc_overrides(cfg: TrainConfig, vocab: Vocabulary) -> dict:
             "ctc_loss_reduction": "sum", "ctc_zero_infinity": True}
 
 
-def load_model(cfg: TrainConfig, vocab: Vocabulary) -> Wav2Vec2ForCTC:
-    """A pretrained local folder (new head sized to the vocabulary) or `model_config` from scratch."""
-    if cfg.model_name_or_path:
-        folder = Path(cfg.model_name_or_path)
-        if not (folder / "config.json").is_file():
-            raise ConfigError(f"--model_name_or_path {folder}: no config.json there (a local Hugging Face "
-                              "folder is needed; nothing is downloaded)")
-        pretrained = Wav2Vec2Config.from_pretrained(folder)
-        head = getattr(pretrained, "vocab_size", None)
-        has_head = any("lm_head" in k for k in _weight_names(folder))
-        if has_head and (folder / "vocab.json").is_file() and head != len(vocab):
-            raise ConfigError(f"{folder} has a CTC head of {head} labels but the vocabulary has {len(vocab)}: "
-                              f"pass --vocab_path {folder / 'vocab.json'} to keep its head")
-        model = Wav2Vec2ForCTC.from_pretrained(folder, ignore_mismatched_sizes=True, **_ctc_overrides(cfg, vocab))
-    elif cfg.model_config:
+def load_model(cfg: TrainConfig, vocab: Vocabulary) -> tuple[Wav2Vec2ForCTC, str]:
+    """A pretrained local folder or `model_config` from scratch; and a sentence on its CTC head.
+
+    A checkpoint without a CTC head (wav2vec2-base, XLS-R) gets a new one sized to the vocabulary.
+    One with a head for another vocabulary (another size, or the same size with other tokens: a
+    CTC model of another language) keeps it only for that vocabulary (`--vocab_path`), else it
+    needs `--ignore_mismatched_sizes` for a fresh head: a head must never map ids to other letters.
+    """
+    if cfg.model_config and not cfg.model_name_or_path:
         check_model_config(cfg.model_config)
         model = Wav2Vec2ForCTC(Wav2Vec2Config(**{**cfg.model_config, **_ctc_overrides(cfg, vocab)}))
+        note = f"a model from scratch with a CTC head of {len(vocab)} labels"
+    elif cfg.model_name_or_path:
+        model, note = _load_pretrained(Path(cfg.model_name_or_path), cfg, vocab)
     else:
         raise ConfigError("give --model_name_or_path LOCAL_DIR or a model_config block in the YAML")
     if cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    return model
+    return model, note
+
+
+def _load_pretrained(folder: Path, cfg: TrainConfig, vocab: Vocabulary) -> tuple[Wav2Vec2ForCTC, str]:
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"--model_name_or_path {folder}: no config.json there (a local Hugging Face "
+                          "folder is needed; nothing is downloaded)")
+    labels = getattr(Wav2Vec2Config.from_pretrained(folder), "vocab_size", None)
+    if not any("lm_head" in k for k in _weight_names(folder)):
+        model = Wav2Vec2ForCTC.from_pretrained(folder, ignore_mismatched_sizes=True, **_ctc_overrides(cfg, vocab))
+        return model, f"a new CTC head of {len(vocab)} labels ({folder} has none)"
+    theirs = Vocabulary.load(folder / "vocab.json").tokens if (folder / "vocab.json").is_file() else None
+    if labels == len(vocab) and theirs in (None, vocab.tokens):
+        model = Wav2Vec2ForCTC.from_pretrained(folder, **_ctc_overrides(cfg, vocab))
+        return model, f"the CTC head of {folder} ({labels} labels, its vocabulary)"
+    differs = f"{labels} labels" if labels != len(vocab) else f"{labels} labels for other tokens"
+    if not cfg.ignore_mismatched_sizes:
+        raise ConfigError(f"{folder} has a CTC head of {differs}, the vocabulary has {len(vocab)}: pass "
+                          f"--vocab_path {folder / 'vocab.json'} to keep its head and vocabulary, or "
+                          "--ignore_mismatched_sizes to start a fresh head for this vocabulary")
+    model = Wav2Vec2ForCTC.from_pretrained(folder, ignore_mismatched_sizes=True, **_ctc_overrides(cfg, vocab))
+    if labels == len(vocab):  # same shape, other tokens: the loaded weights would map ids to wrong letters
+        model._init_weights(model.lm_head)
+    return model, f"a fresh CTC head of {len(vocab)} labels (--ignore_mismatched_sizes; {folder} had {differs})"
 
 
 def _weight_names(folder: Path) -> list[str]:

@@ -6,6 +6,7 @@ words are spelled exactly as the acoustic model learns to emit them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import unicodedata
@@ -32,6 +33,7 @@ class TextNormalizer:
     lower: bool = True
     chars_to_ignore: str = DEFAULT_CHARS_TO_IGNORE
     replacements: Sequence[Sequence[str]] = field(default_factory=lambda: list(DEFAULT_REPLACEMENTS))
+    upper: bool = False  # for an upper-case vocabulary (facebook/wav2vec2-base-960h's): see for_vocabulary
 
     def __post_init__(self) -> None:
         self._ignore = re.compile("[" + re.escape(self.chars_to_ignore) + "]") if self.chars_to_ignore else None
@@ -48,8 +50,8 @@ class TextNormalizer:
         return cls(**{k: v for k, v in settings.items() if v is not None})
 
     def save(self, folder: str | Path) -> None:
-        settings = {"nfkc": self.nfkc, "lower": self.lower, "chars_to_ignore": self.chars_to_ignore,
-                    "replacements": [list(r) for r in self.replacements]}
+        settings = {"nfkc": self.nfkc, "lower": self.lower, "upper": self.upper,
+                    "chars_to_ignore": self.chars_to_ignore, "replacements": [list(r) for r in self.replacements]}
         (Path(folder) / self.SAVE_NAME).write_text(json.dumps(settings, ensure_ascii=False, indent=1), encoding="utf-8")
 
     @classmethod
@@ -58,6 +60,15 @@ class TextNormalizer:
         path = Path(folder) / cls.SAVE_NAME
         return cls(**json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else cls()
 
+    def for_vocabulary(self, vocab: Vocabulary) -> TextNormalizer:
+        """This normaliser with its case set to the vocabulary's: an upper-case vocabulary gets
+        upper-cased text (not a stream of [UNK]), a lower-case one lower-cased text."""
+        if vocab.case == "upper" and not self.upper:
+            return dataclasses.replace(self, lower=False, upper=True)
+        if vocab.case == "lower" and self.upper:
+            return dataclasses.replace(self, lower=True, upper=False)
+        return self
+
     def __call__(self, text: str) -> str:
         if self.nfkc:
             text = unicodedata.normalize("NFKC", text)
@@ -65,21 +76,63 @@ class TextNormalizer:
             text = text.replace(old, new)
         if self.lower:
             text = text.lower()
+        if self.upper:
+            text = text.upper()
         if self._ignore is not None:
             text = self._ignore.sub("", text)
         return " ".join(text.split())
 
 
-class Vocabulary:
-    """Characters → ids for CTC: `[PAD]` = 0 is the blank, `[UNK]` = 1, `|` separates words."""
+TOKENIZER_CONFIG, SPECIAL_TOKENS_MAP = "tokenizer_config.json", "special_tokens_map.json"
 
-    def __init__(self, tokens: dict[str, int], normalizer: TextNormalizer | None = None):
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The names of a CTC vocabulary's special tokens (Hugging Face's tokenizer files name them)."""
+
+    pad: str = PAD  # the CTC blank
+    unk: str = UNK
+    delimiter: str = WORD_DELIMITER
+    others: tuple[str, ...] = ()  # bos/eos and the like: in the vocabulary, never emitted by CTC
+
+    @classmethod
+    def beside(cls, vocab_file: str | Path) -> SpecialTokens:
+        """The names given by `tokenizer_config.json` / `special_tokens_map.json` beside a vocab.json
+        (the former wins), else ours."""
+        names: dict[str, str] = {}
+        for file_name in (SPECIAL_TOKENS_MAP, TOKENIZER_CONFIG):
+            path = Path(vocab_file).with_name(file_name)
+            if path.is_file():
+                for key, value in json.loads(path.read_text(encoding="utf-8")).items():
+                    value = value.get("content") if isinstance(value, dict) else value  # an AddedToken
+                    if key.endswith("_token") and isinstance(value, str):
+                        names[key] = value
+        others = tuple(names[k] for k in ("bos_token", "eos_token") if k in names)
+        return cls(names.get("pad_token", PAD), names.get("unk_token", UNK),
+                   names.get("word_delimiter_token", WORD_DELIMITER), others)
+
+
+class Vocabulary:
+    """Characters → ids for CTC. Ours: `[PAD]` = 0 is the blank, `[UNK]` = 1, `|` separates words;
+    a checkpoint's (`<pad>`, `<unk>`, `<s>`, `</s>`, …) is read with the names its tokenizer files give."""
+
+    def __init__(self, tokens: dict[str, int], normalizer: TextNormalizer | None = None,
+                 specials: SpecialTokens | None = None):
         self.tokens = tokens
         self.normalizer = normalizer or TextNormalizer()
-        self.unk_id, self.pad_id = tokens[UNK], tokens[PAD]
+        specials = specials or SpecialTokens()
+        missing = [t for t in (specials.pad, specials.unk, specials.delimiter) if t not in tokens]
+        if missing:
+            raise ValueError(f"the vocabulary has no {', '.join(map(repr, missing))} (its blank, unknown and "
+                             "word-delimiter tokens)")
+        # bos/eos a tokenizer appends after the vocabulary (ours) are not in it: only those that are count
+        self.specials = dataclasses.replace(specials, others=tuple(t for t in specials.others if t in tokens))
+        self.unk_id, self.pad_id = tokens[specials.unk], tokens[specials.pad]
+        self.delimiter_id = tokens[specials.delimiter]
 
     @classmethod
     def build(cls, texts: Iterable[str], normalizer: TextNormalizer | None = None) -> Vocabulary:
+        """Our vocabulary of the characters of the normalised texts: `[PAD]`, `[UNK]`, `|`, then sorted."""
         normalizer = normalizer or TextNormalizer()
         chars = Counter()
         for text in texts:
@@ -91,6 +144,19 @@ class Vocabulary:
                 tokens[ch] = len(tokens)
         return cls(tokens, normalizer)
 
+    @property
+    def case(self) -> str:
+        """"upper" when the letters of the vocabulary are all upper-case, else "lower"."""
+        special = {self.specials.pad, self.specials.unk, self.specials.delimiter, *self.specials.others}
+        cased = [ch for token in self.tokens if token not in special for ch in token if ch.lower() != ch.upper()]
+        return "upper" if cased and all(ch.isupper() for ch in cased) else "lower"
+
+    def decoding_table(self) -> dict[int, str]:
+        """id → the text it stands for in a transcript: the delimiter a space, the blank and
+        tokens CTC never emits (bos/eos) nothing."""
+        silent = {self.specials.pad, *self.specials.others}
+        return {i: " " if t == self.specials.delimiter else "" if t in silent else t for t, i in self.tokens.items()}
+
     def __len__(self) -> int:
         return len(self.tokens)
 
@@ -99,7 +165,7 @@ class Vocabulary:
         ids = []
         for ch in self.normalizer(text):
             if ch == " ":
-                ids.append(self.tokens[WORD_DELIMITER])
+                ids.append(self.delimiter_id)
             else:
                 ids.append(self.tokens.get(ch, self.unk_id))
         return np.asarray(ids, dtype=np.int64)
@@ -112,8 +178,18 @@ class Vocabulary:
         return unknown
 
     def save(self, path: str | Path) -> None:
+        """vocab.json, and beside it the special tokens' names when they are not ours."""
         Path(path).write_text(json.dumps(self.tokens, ensure_ascii=False, indent=1), encoding="utf-8")
+        names = Path(path).with_name(TOKENIZER_CONFIG)
+        if self.specials != SpecialTokens():
+            s = self.specials
+            settings = {"pad_token": s.pad, "unk_token": s.unk, "word_delimiter_token": s.delimiter,
+                        **dict(zip(("bos_token", "eos_token"), s.others, strict=False))}
+            names.write_text(json.dumps(settings, ensure_ascii=False, indent=1), encoding="utf-8")
+        else:  # an earlier vocabulary's names must not be read with this one
+            names.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | Path, normalizer: TextNormalizer | None = None) -> Vocabulary:
-        return cls(json.loads(Path(path).read_text(encoding="utf-8")), normalizer)
+        """A vocab.json, with the special tokens its tokenizer files name (ours by default)."""
+        return cls(json.loads(Path(path).read_text(encoding="utf-8")), normalizer, SpecialTokens.beside(path))

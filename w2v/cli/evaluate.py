@@ -85,6 +85,7 @@ def main(argv=None) -> int:
         print(f"error: {model_dir}: not a model folder (no config.json)", file=sys.stderr)
         return 2
     vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir))
+    vocab.normalizer = vocab.normalizer.for_vocabulary(vocab)  # a hub checkpoint's upper-case letters
     try:  # before the acoustic pass: a wrong --lm should not cost a pass over the whole set
         lm_file = find_lm_file(args.lm) if args.lm else None
     except (FileNotFoundError, ValueError) as exc:
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     if unknown:  # the model cannot emit these: each one is an error
         listed = ", ".join(f"{ch!r}×{n}" for ch, n in unknown.most_common(20))
         print(f"characters of the references outside the model's vocabulary: {listed}")
-    inverse = {i: t for t, i in vocab.tokens.items()}
+    inverse = vocab.decoding_table()
     start = time.perf_counter()
     greedy = [greedy_decode(lp, inverse, vocab.pad_id)[0] for lp in log_probs]
     greedy_seconds = time.perf_counter() - start
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
               "real_time_factor": {"acoustic_model": compute / audio, "greedy": greedy_seconds / audio}}
     lm_hyps = None
     if lm_file is not None:
-        labels = labels_from_vocab(vocab.tokens, size=log_probs[0].shape[-1] if log_probs else None)
+        labels = labels_from_vocab(vocab.tokens, size=log_probs[0].shape[-1] if log_probs else None,
+                                   pad=vocab.specials.pad, unk=vocab.specials.unk, delimiter=vocab.specials.delimiter)
         points = [(a, b) for a in args.alphas for b in args.betas] if args.tune else [(args.alpha, args.beta)]
         best, grid = None, []
         # one decoder, one KenLM load for the whole grid; batches in a fork pool made after it
