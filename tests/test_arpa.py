@@ -472,3 +472,18 @@ def test_section_count_does_not_depend_on_read_sizes(tmp_path, trigram_count):
     assert whole == ("ok" if trigram_count == 30_000 else outcome([1 << 20] * 2))
     for sizes in ([1] * len(data), [rng.randint(1, 5000) for _ in range(len(data))], [7, 4093] * len(data)):
         assert outcome(sizes) == whole
+
+
+def test_blank_lines_of_spaces_between_sections_are_accepted(tmp_path):
+    """KenLM skips lines of only whitespace before a section line: fixing must not refuse them."""
+    src = tmp_path / "spaced.arpa"
+    src.write_text(BASE3.replace("-0.2\tcat sat\n\n", "-0.2\tcat sat\n\n \t\n").replace("\n\n\\end", "\n\n  \n\\end"))
+    assert arpa_check.check_arpa(src).counts == [6, 3, 1]
+    for sizes in ([1 << 20], [1] * 400, [3, 5] * 200):  # whatever the read sizes
+        counter = arpa_fix._SectionCounter([6, 3, 1], 14)
+        data, pos = src.read_bytes(), src.read_bytes().index(b"\\2-grams:\n") + len(b"\\2-grams:\n")
+        for size in sizes:
+            counter.feed(data[pos:pos + size])
+            pos += size
+        counter.finish()
+    assert run_cli(src, tmp_path / "out.arpa") == 0

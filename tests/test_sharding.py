@@ -287,3 +287,16 @@ def test_segments_in_a_csv_manifest_with_start_and_end(recording, tmp_path):
     assert sorted(got) == sorted(f"rec16_{round(s * 1000):09d}" for s, _, _ in bounds)
     for s, e, _ in bounds:
         assert abs(len(got[f"rec16_{round(s * 1000):09d}"][0]) - round((e - s) * 16000)) <= 1
+
+
+def test_segment_bounds_that_are_not_numbers_are_bad_segments(tmp_path):
+    rows = [{"audio": "a.wav", "text": "x", "offset": float("nan"), "duration": 1.0},
+            {"audio": "a.wav", "text": "x", "offset": 1.0, "duration": float("inf")},
+            {"audio": "a.wav", "text": "x", "start": "soon", "end": 2},
+            {"audio": "a.wav", "text": "x", "start": 2.0, "end": 1.0},
+            {"audio": "a.wav", "text": "x", "duration": 3.5}]  # a whole file's length: no segment
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    utts = list(open_corpus(manifest).utterances())
+    assert [u.problem for u in utts] == ["bad_segment"] * 4 + [None]
+    assert utts[-1].span is None and utts[-1].meta["duration"] == 3.5

@@ -47,11 +47,15 @@ class AtomicFile:
         self.file: BinaryIO = open(fd, "wb", buffering=buffering)  # noqa: SIM115 (closed by commit/abort)
 
     def commit(self) -> None:
-        self.file.flush()
-        if self.fsync:
-            os.fsync(self.file.fileno())
-        self.file.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.file.flush()
+            if self.fsync:
+                os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:  # a full disk, a folder in the way: no temporary left behind
+            self.abort()
+            raise
 
     def abort(self) -> None:
         with suppress(OSError):
@@ -76,8 +80,10 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 
 def replace_path(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Move a finished file or folder `src` onto `dst`. A folder in the way is renamed aside first
-    and deleted afterwards, so `dst` is at every moment either the old version or the new one."""
+    """Move a finished file or folder `src` onto `dst`. A file is replaced in one rename. A folder
+    in the way is renamed aside first and deleted afterwards: a crash between the two renames leaves
+    the old folder under a `.NAME.*.tmp` name beside `dst` and the new one at `src`, never half of
+    either."""
     src, dst = Path(src), Path(dst)
     if dst.is_dir() and not dst.is_symlink():
         old = temporary_dir_beside(dst)

@@ -110,12 +110,15 @@ YAML_ONLY = ("model_config", "replacements")
 def save_config(cfg: TrainConfig, path: str | Path) -> None:
     """Every setting of a run as YAML (what `--config` reads back to repeat it), written atomically."""
     text = "# the resolved settings of this run: `train.py --config THIS_FILE` repeats it\n"
-    write_atomic(path, (text + yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)).encode())
+    settings = {**cfg.to_dict(), "resume_from_checkpoint": None}  # a repeat starts afresh
+    write_atomic(path, (text + yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)).encode())
 
 
 def read_yaml(path: str | Path) -> dict:
     """The settings of a YAML config file; an unknown key is an error (a typo must not pass)."""
     path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: --config {path}: no such file")
     values = yaml.safe_load(path.read_text()) or {}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
@@ -131,11 +134,14 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     argv = list(sys.argv[1:] if argv is None else argv)
     yaml_values: dict = {}
     config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        config_path = argv[i + 1]
-        yaml_values = read_yaml(config_path)
-        del argv[i:i + 2]
+    for i, arg in enumerate(argv):
+        if arg == "--config" or arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
+            if not config_path:
+                raise SystemExit("error: --config needs a YAML file")
+            yaml_values = read_yaml(config_path)
+            del argv[i:i + (1 if "=" in arg else 2)]
+            break
     parser = HfArgumentParser(TrainConfig)
     # YAML values become the defaults the command line overrides
     parser.set_defaults(**{k: v for k, v in yaml_values.items() if k not in YAML_ONLY})
@@ -161,6 +167,8 @@ def resolve_mixed_precision(cfg: TrainConfig, launcher: str | None, cuda: bool) 
     fp16/bf16 of the launcher is an error, as is fp16 without a CUDA GPU. `launcher`: the
     ACCELERATE_MIXED_PRECISION that accelerate launch sets for its processes."""
     own, source = cfg.mixed_precision, cfg.mixed_precision_source or "the config"
+    if own is False:  # `mixed_precision: no` in YAML reads as the boolean false
+        own = "no"
     launched = launcher if launcher in ("fp16", "bf16") else None
     for value, where in ((own, source), (launcher, "accelerate launch")):
         if value is not None and value not in PRECISIONS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import json
 from pathlib import Path
 
 import torch
@@ -51,10 +52,7 @@ def wants_attention_mask(config: Wav2Vec2Config) -> bool:
 
 def build_processor(vocab_file: str | Path, config: Wav2Vec2Config, vocab: Vocabulary) -> Wav2Vec2Processor:
     """The processor saved with the model: its tokenizer names the vocabulary's own special tokens."""
-    s = vocab.specials
-    bos_eos = dict(zip(("bos_token", "eos_token"), s.others, strict=False))
-    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), unk_token=s.unk, pad_token=s.pad, word_delimiter_token=s.delimiter,
-                                     do_lower_case=False, **bos_eos)
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_file), do_lower_case=False, **vocab.specials.tokenizer_names())
     extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                                          return_attention_mask=wants_attention_mask(config))
     return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
@@ -96,7 +94,8 @@ def _load_pretrained(folder: Path, cfg: TrainConfig, vocab: Vocabulary) -> tuple
     if not any("lm_head" in k for k in _weight_names(folder)):
         model = Wav2Vec2ForCTC.from_pretrained(folder, ignore_mismatched_sizes=True, **_ctc_overrides(cfg, vocab))
         return model, f"a new CTC head of {len(vocab)} labels ({folder} has none)"
-    theirs = Vocabulary.load(folder / "vocab.json").tokens if (folder / "vocab.json").is_file() else None
+    vocab_file = folder / "vocab.json"  # its tokens only: their names may be any
+    theirs = json.loads(vocab_file.read_text(encoding="utf-8")) if vocab_file.is_file() else None
     if labels == len(vocab) and theirs in (None, vocab.tokens):
         model = Wav2Vec2ForCTC.from_pretrained(folder, **_ctc_overrides(cfg, vocab))
         return model, f"the CTC head of {folder} ({labels} labels, its vocabulary)"

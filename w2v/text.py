@@ -93,7 +93,19 @@ class SpecialTokens:
     pad: str = PAD  # the CTC blank
     unk: str = UNK
     delimiter: str = WORD_DELIMITER
-    others: tuple[str, ...] = ()  # bos/eos and the like: in the vocabulary, never emitted by CTC
+    bos: str | None = None  # sentence markers some vocabularies hold (`<s>`, `</s>`): CTC never emits them
+    eos: str | None = None
+
+    @property
+    def silent(self) -> set[str]:
+        """Tokens that stand for no text in a transcript."""
+        return {t for t in (self.pad, self.bos, self.eos) if t is not None}
+
+    def tokenizer_names(self) -> dict[str, str]:
+        """As Hugging Face's tokenizer files name them."""
+        names = {"pad_token": self.pad, "unk_token": self.unk, "word_delimiter_token": self.delimiter,
+                 "bos_token": self.bos, "eos_token": self.eos}
+        return {k: v for k, v in names.items() if v is not None}
 
     @classmethod
     def beside(cls, vocab_file: str | Path) -> SpecialTokens:
@@ -107,9 +119,8 @@ class SpecialTokens:
                     value = value.get("content") if isinstance(value, dict) else value  # an AddedToken
                     if key.endswith("_token") and isinstance(value, str):
                         names[key] = value
-        others = tuple(names[k] for k in ("bos_token", "eos_token") if k in names)
         return cls(names.get("pad_token", PAD), names.get("unk_token", UNK),
-                   names.get("word_delimiter_token", WORD_DELIMITER), others)
+                   names.get("word_delimiter_token", WORD_DELIMITER), names.get("bos_token"), names.get("eos_token"))
 
 
 class Vocabulary:
@@ -126,7 +137,8 @@ class Vocabulary:
             raise ValueError(f"the vocabulary has no {', '.join(map(repr, missing))} (its blank, unknown and "
                              "word-delimiter tokens)")
         # bos/eos a tokenizer appends after the vocabulary (ours) are not in it: only those that are count
-        self.specials = dataclasses.replace(specials, others=tuple(t for t in specials.others if t in tokens))
+        self.specials = dataclasses.replace(specials, bos=specials.bos if specials.bos in tokens else None,
+                                            eos=specials.eos if specials.eos in tokens else None)
         self.unk_id, self.pad_id = tokens[specials.unk], tokens[specials.pad]
         self.delimiter_id = tokens[specials.delimiter]
 
@@ -146,15 +158,15 @@ class Vocabulary:
 
     @property
     def case(self) -> str:
-        """"upper" when the letters of the vocabulary are all upper-case, else "lower"."""
-        special = {self.specials.pad, self.specials.unk, self.specials.delimiter, *self.specials.others}
-        cased = [ch for token in self.tokens if token not in special for ch in token if ch.lower() != ch.upper()]
+        """"upper" when the letters of the vocabulary are all upper-case, else "lower". Only its
+        characters count: a multi-character token is a marker (`<s>`, `<unk>`), not text."""
+        cased = [token for token in self.tokens if len(token) == 1 and token.lower() != token.upper()]
         return "upper" if cased and all(ch.isupper() for ch in cased) else "lower"
 
     def decoding_table(self) -> dict[int, str]:
         """id → the text it stands for in a transcript: the delimiter a space, the blank and
         tokens CTC never emits (bos/eos) nothing."""
-        silent = {self.specials.pad, *self.specials.others}
+        silent = self.specials.silent
         return {i: " " if t == self.specials.delimiter else "" if t in silent else t for t, i in self.tokens.items()}
 
     def __len__(self) -> int:
@@ -182,9 +194,7 @@ class Vocabulary:
         Path(path).write_text(json.dumps(self.tokens, ensure_ascii=False, indent=1), encoding="utf-8")
         names = Path(path).with_name(TOKENIZER_CONFIG)
         if self.specials != SpecialTokens():
-            s = self.specials
-            settings = {"pad_token": s.pad, "unk_token": s.unk, "word_delimiter_token": s.delimiter,
-                        **dict(zip(("bos_token", "eos_token"), s.others, strict=False))}
+            settings = self.specials.tokenizer_names()
             names.write_text(json.dumps(settings, ensure_ascii=False, indent=1), encoding="utf-8")
         else:  # an earlier vocabulary's names must not be read with this one
             names.unlink(missing_ok=True)

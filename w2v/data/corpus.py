@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,6 +80,8 @@ def _segment(row: dict) -> tuple[tuple[float, float | None] | None, str | None]:
         else:
             return None, None
     except (TypeError, ValueError):
+        return None, "bad_segment"
+    if not math.isfinite(start) or (end is not None and not math.isfinite(end)):
         return None, "bad_segment"
     if start < 0 or (end is not None and end <= start):
         return (start, end), "bad_segment"

@@ -19,7 +19,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from w2v.data.bitops import clz64, load_be64
+from w2v.data.bitops import INTRINSICS, clz64, load_be64
+
+# numba's disk cache does not record which bit operations a kernel was compiled with: only the
+# intrinsic build is cached, so the plain fallback is never mixed up with it (it compiles per process).
 
 __all__ = ["UnsupportedFlac", "decode_flac"]
 
@@ -71,12 +74,12 @@ _CRC16 = _slicing_tables(_crc_table(0x8005, 16))
 # promoting mixed signed/unsigned arithmetic to float.
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _peek(data, pos):
     return load_be64(data, pos >> 3) << np.uint64(pos & 7)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _bits(data, pos, n):
     """n (0..57) bits at pos as an unsigned int64."""
     if n == 0:
@@ -84,13 +87,13 @@ def _bits(data, pos, n):
     return np.int64(_peek(data, pos) >> np.uint64(64 - n))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _signed(data, pos, n):
     """n (1..57) bits at pos as a two's-complement signed int64."""
     return np.int64(_peek(data, pos)) >> np.int64(64 - n)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _unary(data, pos, limit):
     """Zero bits before the next one bit at pos, or -1 if there is none before limit."""
     q = 0
@@ -105,7 +108,7 @@ def _unary(data, pos, limit):
     return -1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _residual(data, pos, limit, out, start, blocksize, order):
     """Reads the residual of one subframe into out[start + order : start + blocksize].
 
@@ -177,7 +180,7 @@ def _residual(data, pos, limit, out, start, blocksize, order):
 # the array makes them 3-4x faster than the textbook loop.
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _restore_fixed(out, start, blocksize, order):
     """FIXED predictors: order 1..4 polynomial extrapolation of the previous samples."""
     end = start + blocksize
@@ -208,7 +211,7 @@ def _restore_fixed(out, start, blocksize, order):
             x4, x3, x2, x1 = x3, x2, x1, s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _restore_lpc12(out, start, blocksize, c, order, shift):
     """LPC of order <= 12 (every FLAC encoder preset): coefficients zero-padded to 12, the last
     12 samples in locals, so the inner loop is 12 independent multiplies and no loads."""
@@ -225,7 +228,7 @@ def _restore_lpc12(out, start, blocksize, c, order, shift):
         x12, x11, x10, x9, x8, x7, x6, x5, x4, x3, x2, x1 = x11, x10, x9, x8, x7, x6, x5, x4, x3, x2, x1, s
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _restore_lpc(out, start, blocksize, c, order, shift):
     if order <= 12:
         _restore_lpc12(out, start, blocksize, c, order, shift)
@@ -237,7 +240,7 @@ def _restore_lpc(out, start, blocksize, c, order, shift):
         out[i] += acc >> shift
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _subframe(data, pos, limit, out, start, blocksize, bps, coefs):
     """Decodes one subframe into out[start : start + blocksize]; returns the new position or -1."""
     if _bits(data, pos, 1) != 0:
@@ -307,7 +310,7 @@ def _subframe(data, pos, limit, out, start, blocksize, bps, coefs):
     return pos
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _crc8(data, start, end, table):
     crc = 0
     for i in range(start, end):
@@ -315,7 +318,7 @@ def _crc8(data, start, end, table):
     return crc
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=INTRINSICS)
 def _crc16(data, start, end, tables):
     """CRC-16 of data[start:end], eight bytes per step ("slicing-by-8": eight independent table
     lookups per step instead of a chain of eight), which makes it ~4x cheaper than byte by byte."""

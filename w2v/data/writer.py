@@ -50,7 +50,11 @@ class ShardWriter:
     def _open(self) -> None:
         name = f"{self.prefix}-{len(self.records):06d}.tar"
         self._file = AtomicFile(self.out_dir / name)
-        self._tar = tarfile.open(fileobj=self._file.file, mode="w", format=tarfile.USTAR_FORMAT)
+        try:
+            self._tar = tarfile.open(fileobj=self._file.file, mode="w", format=tarfile.USTAR_FORMAT)
+        except BaseException:
+            self._file.abort()
+            raise
         self.records.append(ShardRecord(name))
 
     def _add_member(self, name: str, data: bytes) -> None:

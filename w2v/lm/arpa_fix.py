@@ -238,13 +238,22 @@ class _SectionCounter:
 
     def _lines(self, data: bytes, cut: int, continues: bool) -> None:
         """Count the complete lines of ``data`` (those before ``cut``) as entries of this section;
-        ``continues``: its first line is the end of one begun in the previous chunk."""
+        ``continues``: its first line is the end of one begun in the previous chunk (``carry``).
+        Blank lines (empty or whitespace only, which KenLM skips too) at the end are counted apart:
+        they end the section if a section line follows them."""
         n = len(data) - len(data.replace(b"\n", b""))  # the newlines: all lie before cut
-        start = cut - 1  # the run of newlines that ends the data: its blank lines
-        while start > 0 and data[start - 1] == 10:
-            start -= 1
-        run = cut - start
-        self.blanks = self.blanks + run if start == 0 and not continues else run - 1
+        blank, end = 0, cut - 1  # walk back over the blank lines that end the data
+        while True:
+            start = data.rfind(b"\n", 0, end) + 1
+            line = (self.carry if start == 0 and continues else b"") + data[start:end]
+            if line.strip():
+                break
+            blank += 1
+            if start == 0:  # every line of the data is blank: the run goes on from before
+                blank += self.blanks
+                break
+            end = start - 1
+        self.blanks = blank
         self.lines += n
         self.line_no += n
 
@@ -395,10 +404,14 @@ def fix_arpa(src: str | os.PathLike, dst: str | os.PathLike) -> FixResult:
             _require_end(*_file_tail(src_fd))  # cheap, and before any output exists
         edits = _edits(head)
         if not edits and _same_file(src, dst) and src.suffix == dst.suffix:
-            _count_sections(src_fd, head) if src_fd is not None else _drain(rd, spool, head)
-            written = os.path.getsize(src)
+            if src_fd is not None:
+                _count_sections(src_fd, head)
+                written = os.path.getsize(src)
+            else:
+                written = _drain(rd, spool, head)
         else:
-            written = _write_fixed(rd, raw if spool is None else spool, head, edits, src_fd, dst)
+            written = _write_fixed(rd, raw if spool is None else spool, head, edits, src_fd, dst,
+                                   in_place=_same_file(src, dst))
     return _fix_result(src, dst, head, edits, written, time.perf_counter() - t0)
 
 
@@ -414,12 +427,13 @@ def _head_copy(src_fd: int | None) -> Iterator[BinaryIO | None]:
 
 
 def _write_fixed(rd: Reader, head_source: BinaryIO, head: _Head, edits: list[tuple[int, int, bytes]],
-                 src_fd: int | None, dst: Path) -> int:
+                 src_fd: int | None, dst: Path, in_place: bool) -> int:
     """Edited head, then the rest, its sections counted on the way: by the kernel when both ends are
     plain files (the count reads the page cache beside it, on the other core), else through a
     buffer. ``head_source`` is the input itself when it is a plain file, else the spool of what the
     head scan read."""
-    with AtomicFile(dst, fsync=False, buffering=0) as out_raw:  # a fixed ARPA is cheap to make again
+    # A fixed copy is cheap to make again: no fsync, unless it replaces the input (the only copy).
+    with AtomicFile(dst, fsync=in_place, buffering=0) as out_raw:
         out: BinaryIO = out_raw
         if dst.suffix == ".gz":
             out = gzip.GzipFile(filename=dst.stem, mode="wb", fileobj=out_raw, compresslevel=6, mtime=0)
@@ -459,26 +473,33 @@ def _copy_and_count(src_fd: int, dst_fd: int, head: _Head) -> int:
 
     thread = threading.Thread(target=copy, name="arpa-copy", daemon=True)
     thread.start()
+    done = False
     try:
         _count_sections(src_fd, head)
-    except BaseException:
-        stop.set()
+        done = True
+    finally:  # also on Ctrl-C while joining: the copy must end before the caller drops the output
+        if not done:
+            stop.set()
         thread.join()
-        raise
-    thread.join()
     if isinstance(copied[0], BaseException):
         raise copied[0]
+    expected = os.fstat(src_fd).st_size - head.head_end
+    if copied[0] != expected:  # a copy that ended early, or an input that changed meanwhile
+        raise ArpaError(None, f"copied {copied[0]} bytes of the {expected} after the 1-grams: the input changed "
+                              "while it was copied, or the file system cut the copy short")
     return copied[0]
 
 
-def _drain(rd: Reader, spool: BinaryIO, head: _Head) -> None:
-    """Count the sections of a gzip or pipe input that is not copied anywhere."""
+def _drain(rd: Reader, spool: BinaryIO, head: _Head) -> int:
+    """Count the sections of a gzip or pipe input that is not copied anywhere; returns its
+    (uncompressed) size."""
     counter = _SectionCounter(head.header.counts, head.sections_line_no)
     skip = head.sections_start - head.head_end
     spool.seek(head.head_end)
     n1 = _copy_stream(spool, None, counter, skip)
-    _copy_stream(rd.raw, None, counter, max(0, skip - n1))
+    n2 = _copy_stream(rd.raw, None, counter, max(0, skip - n1))
     counter.finish()
+    return head.head_end + n1 + n2
 
 
 def _copy_stream(src: BinaryIO, out: BinaryIO | None, counter: _SectionCounter, skip: int) -> int:

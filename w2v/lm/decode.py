@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from w2v.atomic import replace_path
-from w2v.text import PAD, UNK, WORD_DELIMITER
+from w2v.text import PAD, UNK, WORD_DELIMITER, Vocabulary
 
 UNK_LABEL = "⁇"  # pyctcdecode.alphabet.UNK_TOKEN
 LM_SUFFIXES = (".bin", ".binary", ".arpa")  # the model files pyctcdecode's language_model/ accepts
@@ -248,20 +248,14 @@ def export_processor_with_lm(model_dir: str | os.PathLike, lm_dir: str | os.Path
 
 
 def _ctc_tokenizer(model_dir: Path) -> Any:
-    """The folder's Wav2Vec2CTCTokenizer from vocab.json, without the <s>/</s> it would append."""
+    """The folder's Wav2Vec2CTCTokenizer from vocab.json with the special tokens its tokenizer files
+    name; bos/eos only when they are in vocab.json (a tokenizer would append `<s>`/`</s>` otherwise:
+    tokens without a column in the CTC head)."""
     from transformers import Wav2Vec2CTCTokenizer
 
-    config_file = model_dir / "tokenizer_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-
-    def token(key: str, default: str) -> str:  # a string, or an AddedToken saved as a dict
-        value = config.get(key) or default
-        return value["content"] if isinstance(value, dict) else value
-
-    return Wav2Vec2CTCTokenizer(str(model_dir / "vocab.json"), unk_token=token("unk_token", UNK),
-                                pad_token=token("pad_token", PAD),
-                                word_delimiter_token=token("word_delimiter_token", WORD_DELIMITER),
-                                bos_token=None, eos_token=None)
+    specials = Vocabulary.load(model_dir / "vocab.json").specials
+    return Wav2Vec2CTCTokenizer(str(model_dir / "vocab.json"), **{**specials.tokenizer_names(),
+                                                                  "bos_token": specials.bos, "eos_token": specials.eos})
 
 
 def _mark_processor_class(path: Path, name: str) -> None:
