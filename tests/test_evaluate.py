@@ -74,3 +74,17 @@ def test_evaluate_scores_every_utterance(odd_set, tmp_path):
     assert "3 of the index's 3 utterances scored" in proc.stdout and "empty references" in proc.stdout
     typo = run_tool("evaluate.py", "--model", model, "--shards", shards, "--lm", tmp_path / "lm3")
     assert typo.returncode == 2 and "no such LM file or folder" in typo.stderr and "acoustic" not in typo.stderr
+
+
+def test_vocabulary_case_comes_from_its_characters():
+    from w2v.text import SpecialTokens, TextNormalizer
+
+    hub = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "E": 5, "T": 6, "'": 7}
+    for specials in (SpecialTokens("<pad>", "<unk>", "|", "<s>", "</s>"), SpecialTokens("<pad>", "<unk>", "|")):
+        vocab = Vocabulary(hub, specials=specials)  # whether or not the tokenizer files name <s>/</s>
+        assert vocab.case == "upper"
+        assert TextNormalizer().for_vocabulary(vocab)("It's tee.") == "IT'S TEE"
+    assert Vocabulary.build(["the cat"]).case == "lower"
+    assert Vocabulary({"[PAD]": 0, "[UNK]": 1, "|": 2, "字": 3}).case == "lower"  # no cased letters
+    named = Vocabulary(hub, specials=SpecialTokens("<pad>", "<unk>", "|", "<s>", "</s>"))
+    assert named.decoding_table()[1] == "" and named.decoding_table()[4] == " "
