@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,7 +42,8 @@ from w2v.model import (
     load_model,
     wants_attention_mask,
 )
-from w2v.schedule import make_scheduler
+from w2v.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, parse_signals
+from w2v.schedule import SCHEDULES, make_scheduler
 from w2v.text import TextNormalizer, Vocabulary
 
 # Settings a checkpoint must share with the run that resumes it (else the batches or shapes differ).
@@ -62,6 +64,9 @@ def main(cfg: TrainConfig) -> None:
     main_proc = accelerator.is_main_process
     say = accelerator.print
     out = Path(cfg.output_dir)
+    ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)  # None: a fresh run
+    if main_proc:
+        prepare_output_dir(out, ckpt, cfg, say)
     say(f"mixed precision: {cfg.mixed_precision} ({precision_why})")
     set_seed(cfg.seed)
     if not torch.cuda.is_available():
@@ -76,7 +81,7 @@ def main(cfg: TrainConfig) -> None:
             save_config(cfg, out / "config.yaml")  # with the precision actually used
             if cfg.vocab_path:  # with the special tokens its tokenizer files name
                 Vocabulary.load(cfg.vocab_path).save(vocab_file)
-            elif not vocab_file.is_file() or not cfg.resume_from_checkpoint:
+            elif not vocab_file.is_file() or ckpt is None:
                 Vocabulary.build(training_texts(cfg.train_shards, cfg.train_index), normalizer).save(vocab_file)
     vocab = Vocabulary.load(vocab_file, normalizer)
     matched = normalizer.for_vocabulary(vocab)
@@ -130,8 +135,7 @@ def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- resume
     update = 0
     counters = {"skipped_nonfinite": 0, "skipped_overflow": 0}
-    if cfg.resume_from_checkpoint:
-        ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)
+    if ckpt is not None:
         state = json.loads((ckpt / "trainer_state.json").read_text())
         check_resumable(cfg, state, accelerator.num_processes, vocab_file, ckpt)
         accelerator.load_state(str(ckpt))
@@ -140,6 +144,7 @@ def main(cfg: TrainConfig) -> None:
         say(f"resumed from {ckpt} at update {update} (epoch {train_loader.epoch})")
 
     # ---------------------------------------------------------------- the update loop
+    preemption = PreemptionSignal(parse_signals(cfg.preemption_signals))
     metrics_file = open(out / "metrics.jsonl", "a") if main_proc else None  # noqa: SIM115
     bar = tqdm(total=max_steps, initial=update, disable=not main_proc, desc="training", dynamic_ncols=True)
     window_log = LogWindow(train_loader)
@@ -159,24 +164,31 @@ def main(cfg: TrainConfig) -> None:
                 # DDP averages gradients over ranks; × world size turns that into a plain sum
                 accelerator.backward(batch_loss * accelerator.num_processes / max(tokens, 1))
             loss_sum += batch_loss.detach()
-        outcome, grad_norm = optimizer_step(accelerator, ctc_model, optimizer, scheduler, loss_sum, cfg.max_grad_norm)
-        if outcome != "stepped":
-            counters[f"skipped_{outcome}"] += 1
+        step = optimizer_step(accelerator, ctc_model, optimizer, scheduler, loss_sum, cfg.max_grad_norm,
+                              preemption.requested)
+        if step.outcome != "stepped":
+            counters[f"skipped_{step.outcome}"] += 1
         update += 1
         bar.update(1)
         window_log.add(window, loss_sum, local_tokens)
 
         if update % cfg.logging_steps == 0 or update == max_steps:
-            record = window_log.flush(accelerator, update, scheduler, grad_norm, counters)
+            record = window_log.flush(accelerator, update, scheduler, step.grad_norm, counters)
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
             write_record(metrics_file, record, accelerator)
-        if eval_loader is not None and (update % cfg.eval_steps == 0 or update == max_steps):
+        if eval_loader is not None and (update % cfg.eval_steps == 0 or update == max_steps) and not step.stop:
             record = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples)
             write_record(metrics_file, {"update": update, **record}, accelerator)
             say(f"\nupdate {update}: eval WER {100 * record['eval_wer']:.2f}%  CER {100 * record['eval_cer']:.2f}% "
                 f"over {record['eval_utterances']} utterances; not scored: {record['eval_excluded'] or 'none'}")
-        if update % cfg.save_steps == 0 and update < max_steps:
+        if update % cfg.save_steps == 0 or update == max_steps or step.stop:  # the last too: it can go on
             save_checkpoint(accelerator, out, update, cfg, train_loader, counters, vocab_file)
+        if step.stop:  # every rank agreed in optimizer_step: they all leave after the same update
+            bar.close()
+            say(f"stopped by {preemption.received or 'a signal on another rank'} after update {update}: "
+                f"checkpoint {out / 'checkpoints' / f'step-{update}'}; go on with --resume_from_checkpoint auto")
+            accelerator.end_training()
+            sys.exit(PREEMPTED_EXIT_CODE)
     bar.close()
 
     # ---------------------------------------------------------------- the end: a Hugging Face folder
@@ -205,6 +217,14 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"--vocab_path {cfg.vocab_path}: no such file")
     if cfg.model_config:
         check_model_config(cfg.model_config)
+    try:
+        parse_signals(cfg.preemption_signals)
+    except ValueError as exc:
+        raise ConfigError(f"--preemption_signals {cfg.preemption_signals}: {exc}") from None
+    if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
+        raise ConfigError(f"--save_total_limit {cfg.save_total_limit}: keep at least 1 checkpoint (unset: all)")
+    if cfg.lr_scheduler_type not in SCHEDULES:
+        raise ConfigError(f"--lr_scheduler_type {cfg.lr_scheduler_type}: choose one of {', '.join(SCHEDULES)}")
 
 
 def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> LoaderConfig:
@@ -278,13 +298,25 @@ def ctc_loss_sum(model, batch: dict, blank: int, accelerator: Accelerator, train
                           zero_infinity=True)
 
 
+@dataclass
+class Step:
+    """What optimizer_step did: "stepped", "nonfinite" (a NaN/inf loss or gradient: parameters
+    untouched) or "overflow" (the fp16 scaler skipped it and lowered its scale); the gradient norm;
+    and whether any rank was asked to stop (then every rank stops after this update)."""
+
+    outcome: str
+    grad_norm: torch.Tensor | None
+    stop: bool
+
+
 def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss_sum: torch.Tensor,
-                   max_grad_norm: float) -> tuple[str, torch.Tensor | None]:
-    """Clip, then step the optimizer and the schedule, or skip the update. Returns what happened,
-    "stepped", "nonfinite" (a NaN/inf loss or gradient: parameters untouched) or "overflow" (the
-    fp16 scaler skipped the step and lowered its scale), and the gradient norm."""
-    # a non-finite loss anywhere skips the update everywhere (every rank sees the same flag)
-    bad = accelerator.reduce((~torch.isfinite(loss_sum)).float(), "sum").item() > 0
+                   max_grad_norm: float, stop_requested: bool = False) -> Step:
+    """Clip, then step the optimizer and the schedule, or skip the update."""
+    # one all-reduce carries both flags: a non-finite loss anywhere skips the update everywhere, and a
+    # preemption signal on any rank stops every rank after it (no extra synchronisation per update)
+    flags = accelerator.reduce(torch.stack([(~torch.isfinite(loss_sum)).float(),
+                                            torch.tensor(float(stop_requested), device=loss_sum.device)]), "sum")
+    bad, stop = (flags > 0).tolist()
     grad_norm = None if bad else accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.scaler is None:
         bad = True  # with a scaler, an inf gradient is an overflow that optimizer.step() skips itself
@@ -295,7 +327,7 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss_s
         if outcome == "stepped":  # the schedule follows the updates that really happened
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return outcome, grad_norm
+    return Step(outcome, grad_norm, stop)
 
 
 class LogWindow:
@@ -416,21 +448,43 @@ def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: Train
         shutil.copyfile(vocab_file, tmp / "vocab.json")
         replace_path(tmp, final)
         kept = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in kept[: max(0, len(kept) - cfg.save_total_limit)]:
+        for old in kept[: max(0, len(kept) - (cfg.save_total_limit or len(kept)))]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 
-def find_checkpoint(out: Path, which: str) -> Path:
-    if which == "latest":
+def find_checkpoint(out: Path, which: str | None) -> Path | None:
+    """The checkpoint to resume from: `latest` (there must be one), `auto` (the latest, or None when
+    there is none: a requeued job's first start), a folder, or None for a fresh run."""
+    if which in ("latest", "auto"):
         found = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        if not found:
+        if not found and which == "latest":
             raise ConfigError(f"--resume_from_checkpoint latest: no checkpoint in {out / 'checkpoints'}")
-        return found[-1]
+        return found[-1] if found else None
+    if which is None:
+        return None
     path = Path(which)
     if not (path / "trainer_state.json").is_file():
         raise ConfigError(f"--resume_from_checkpoint {path}: not a checkpoint folder (no trainer_state.json)")
     return path
+
+
+def prepare_output_dir(out: Path, ckpt: Path | None, cfg: TrainConfig, say) -> None:
+    """A fresh run must not mix with another run's files: its metrics would be appended to theirs,
+    `latest` could resume theirs and pruning could delete its own checkpoints."""
+    if ckpt is not None:
+        return
+    leftovers = [p for p in (out / "checkpoints", out / "metrics.jsonl", out / "final") if p.exists()]
+    if not leftovers:
+        return
+    names = ", ".join(p.name for p in leftovers)
+    if cfg.resume_from_checkpoint == "auto":  # this run, requeued before its first checkpoint
+        say(f"--resume_from_checkpoint auto: no checkpoint yet, starting afresh (replacing {names})")
+    elif not cfg.overwrite_output_dir:
+        raise ConfigError(f"{out} holds another run ({names}): pass --resume_from_checkpoint latest|auto to "
+                          "continue it, or --overwrite_output_dir to replace it, or choose another --output_dir")
+    for path in leftovers:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def check_resumable(cfg: TrainConfig, state: dict, world: int, vocab_file: Path, ckpt: Path) -> None:

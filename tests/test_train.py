@@ -174,13 +174,16 @@ def test_memorises_a_few_utterances_and_pipeline_loads_the_result(cv_shards, tmp
     assert ErrorCounts.of([reference], [text]).cer < 0.2, (reference, text)
 
 
-def train_directly(out: Path, shards, *args: str, config: str | Path = TINY,
-                   env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python train.py …` in one process (exit codes and error lines are its own, not accelerate's)."""
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), "--train_shards", str(shards),
+def train_directly(out: Path, shards, *args: str, config: str | Path = TINY, env: dict[str, str] | None = None,
+                   hooks: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python train.py …` in one process (exit codes and error lines are its own, not accelerate's);
+    with `hooks`, tests/train_with_hooks.py."""
+    script = ROOT / ("tests/train_with_hooks.py" if hooks else "train.py")
+    cmd = [sys.executable, str(script), "--config", str(config), "--train_shards", str(shards),
            "--output_dir", str(out), *args]
     environment = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**environment, **(env or {})})
+    environment.update({"PYTHONPATH": str(ROOT), **(env or {}), **(hooks or {})})
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
 
 
 def test_the_launchers_precision_is_used_saved_and_repeatable(cv_shards, tmp_path):
@@ -288,3 +291,70 @@ def test_train_from_a_hub_checkpoint_keeps_or_replaces_its_head(cv_shards, hub_c
     new_vocab = json.loads((tmp_path / "fresh" / "vocab.json").read_text())
     assert "[PAD]" in new_vocab and len(new_vocab) != 32
     assert json.loads((tmp_path / "fresh" / "final" / "config.json").read_text())["vocab_size"] == len(new_vocab)
+
+
+# --- runs that survive a cluster: continued, preempted, output folders ---------------------------
+
+
+def weights_close(a_dir: Path, b_dir: Path, tol: float = 1e-5) -> bool:
+    a, b = load_file(a_dir / "final" / "model.safetensors"), load_file(b_dir / "final" / "model.safetensors")
+    return max(((a[k] - b[k]).abs().max() / a[k].abs().max().clamp(min=1e-12)).item() for k in a) <= tol
+
+
+CONSTANT = ["--lr_scheduler_type", "constant", "--warmup_steps", "2", "--max_batch_size", "2",
+            "--save_steps", "1000", "--hidden_dropout", "0.1"]
+
+
+def test_a_finished_run_is_continued_as_if_it_had_been_one(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_directly(whole, shards, *CONSTANT, "--max_steps", "8").returncode == 0
+    assert train_directly(parts, shards, *CONSTANT, "--max_steps", "4").returncode == 0
+    assert (parts / "checkpoints" / "step-4").is_dir()  # the last update writes a checkpoint
+    proc = train_directly(parts, shards, *CONSTANT, "--max_steps", "8", "--resume_from_checkpoint", "latest")
+    assert proc.returncode == 0 and "resumed from" in proc.stdout, proc.stderr[-2000:]
+    assert weights_close(whole, parts)
+    assert [r["update"] for r in records(parts) if "loss" in r] == list(range(1, 9))
+
+
+def test_a_signal_stops_after_the_update_with_a_checkpoint(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train_directly(whole, shards, *CONSTANT, "--max_steps", "8").returncode == 0
+    proc = train_directly(cut, shards, *CONSTANT, "--max_steps", "8",
+                          hooks={"W2V_TEST_SIGNAL_AT_UPDATE": "3", "W2V_TEST_SIGNAL_TO": "self"})
+    assert proc.returncode == 75, proc.stderr[-2000:]  # PREEMPTED_EXIT_CODE
+    assert "SIGTERM: finishing this update" in proc.stderr and "stopped by SIGTERM after update 4" in proc.stdout
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step-4"] and not (cut / "final").exists()
+    again = train_directly(cut, shards, *CONSTANT, "--max_steps", "8", "--resume_from_checkpoint", "auto")
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-2000:]
+    assert weights_close(whole, cut)  # no update lost, none done twice
+
+
+def test_sigterm_to_the_launcher_of_two_processes(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    args = [*CONSTANT, "--max_steps", "6", "--dataloader_num_workers", "1"]
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    launch(whole, shards, *args, procs=2)
+    proc = launch(cut, shards, *args, procs=2, check=False,
+                  hooks={"W2V_TEST_SIGNAL_AT_UPDATE": "2", "W2V_TEST_SIGNAL_TO": "parent"})
+    assert proc.returncode != 0 and "stopped by SIGTERM after update 3" in proc.stdout, proc.stderr[-3000:]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["step-3"]
+    launch(cut, shards, *args, "--resume_from_checkpoint", "auto", procs=2)
+    assert weights_close(whole, cut)
+
+
+def test_output_folders_of_other_runs_are_not_mixed_in(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    out = tmp_path / "run"
+    assert train_directly(out, shards, "--max_steps", "2").returncode == 0
+    again = train_directly(out, shards, "--max_steps", "2")
+    assert again.returncode == 2 and "holds another run" in again.stderr and "--overwrite_output_dir" in again.stderr
+    replaced = train_directly(out, shards, "--max_steps", "3", "--overwrite_output_dir")
+    assert replaced.returncode == 0
+    assert [r["update"] for r in records(out) if "loss" in r] == [1, 2, 3]  # the old run's lines are gone
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-3"]
+    fresh = train_directly(tmp_path / "new", shards, "--max_steps", "1", "--resume_from_checkpoint", "auto")
+    assert fresh.returncode == 0 and "resumed" not in fresh.stdout  # auto without a checkpoint: a fresh start
+    zero = train_directly(tmp_path / "zero", shards, "--save_total_limit", "0")
+    assert zero.returncode == 2 and "keep at least 1" in zero.stderr

@@ -4,6 +4,8 @@ it with `accelerate launch tests/train_with_hooks.py …` (same arguments as tra
 - W2V_TEST_NAN_UPDATE=N: rank 0's loss is NaN in update N (counted from 0 in this process);
 - W2V_TEST_DUMP_GRADIENTS=FILE: rank 0 saves the first update's all-reduced gradients (before
   clipping) to FILE;
+- W2V_TEST_SIGNAL_AT_UPDATE=N (with W2V_TEST_SIGNAL_TO=self|parent): rank 0 sends SIGTERM to
+  itself or to its parent (the `accelerate launch` process) when update N starts;
 - W2V_TEST_LOGITS_DTYPE=FILE: rank 0 writes the dtype of the CTC head's output in training (what
   autocast really ran) to FILE.
 
@@ -11,6 +13,7 @@ The training loop itself carries no test code: the hooks replace its module-leve
 """
 
 import os
+import signal
 import sys
 
 import torch
@@ -21,6 +24,8 @@ from w2v.config import parse_config
 NAN_UPDATE = int(os.environ.get("W2V_TEST_NAN_UPDATE", "-1"))
 DUMP_GRADIENTS = os.environ.get("W2V_TEST_DUMP_GRADIENTS")
 LOGITS_DTYPE = os.environ.get("W2V_TEST_LOGITS_DTYPE")
+SIGNAL_AT = int(os.environ.get("W2V_TEST_SIGNAL_AT_UPDATE", "-1"))
+SIGNAL_TO = os.environ.get("W2V_TEST_SIGNAL_TO", "self")
 update = -1  # the update whose window is being processed
 real_next_window, real_loss, real_step = train.next_window, train.ctc_loss_sum, train.optimizer_step
 
@@ -28,6 +33,8 @@ real_next_window, real_loss, real_step = train.next_window, train.ctc_loss_sum, 
 def next_window(*args, **kwargs):
     global update
     update += 1
+    if update == SIGNAL_AT and os.environ.get("RANK", "0") == "0":
+        os.kill(os.getppid() if SIGNAL_TO == "parent" else os.getpid(), signal.SIGTERM)
     return real_next_window(*args, **kwargs)
 
 

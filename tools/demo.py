@@ -86,6 +86,7 @@ def main(argv=None) -> int:
                                 "--mixed_precision", "no", "--dynamo_backend", "no", "train.py",
                                 "--config", args.config, "--train_shards", str(shards / "train"),
                                 "--eval_shards", str(shards / "dev"), "--output_dir", str(model_dir),
+                                "--overwrite_output_dir",
                                 *small_train, *args.train_args.split()]))
     stage("lm", lambda: run([PY, "tools/build_lm.py", "--text", str(corpus / "lm.txt"), "--order", "4",
                              "--out", str(lm), "--config", args.config, "--overwrite"]))

@@ -71,7 +71,7 @@ class TrainConfig:
     adam_beta2: float = 0.98
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
-    lr_scheduler_type: str = field(default="tri_stage", metadata={"help": "tri_stage | linear | cosine"})
+    lr_scheduler_type: str = field(default="tri_stage", metadata={"help": "tri_stage | linear | cosine | constant"})
     warmup_steps: int = field(default=0, metadata={"help": "0: warmup_ratio of max_steps"})
     warmup_ratio: float = 0.1
     hold_ratio: float = field(default=0.4, metadata={"help": "tri_stage: share of steps held at the peak"})
@@ -87,8 +87,14 @@ class TrainConfig:
     logging_steps: int = 50
     eval_steps: int = 500
     save_steps: int = 500
-    save_total_limit: int = 2
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest | a checkpoint folder"})
+    save_total_limit: int | None = field(default=2, metadata={
+        "help": "checkpoints kept, the newest (at least 1; unset: all)"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "help": "latest | auto (latest if there is one, else a fresh start: for requeued jobs) | a checkpoint folder"})
+    preemption_signals: str = field(default="SIGTERM,SIGUSR1", metadata={
+        "help": "signals that stop the run after the update in progress, with a checkpoint (none: off)"})
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "a fresh run into a folder that holds another run's checkpoints and metrics: replace them"})
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | … (when installed)"})
     num_eval_examples: int = 3
     # YAML only (init=False keeps them off the command line): Wav2Vec2Config fields for a model

@@ -7,7 +7,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-SCHEDULES = ("tri_stage", "linear", "cosine")
+SCHEDULES = ("tri_stage", "linear", "cosine", "constant")
 
 
 def tri_stage(step: int, total: int, warmup: int, hold_ratio: float, final_scale: float,
@@ -36,6 +36,11 @@ def cosine(step: int, total: int, warmup: int, final_scale: float) -> float:
     return final_scale + (1.0 - final_scale) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def constant(step: int, warmup: int) -> float:
+    """Linear warm-up, then the peak: independent of the run's length (a run can be extended)."""
+    return min(1.0, step / warmup) if warmup > 0 else 1.0
+
+
 def make_scheduler(optimizer: Optimizer, kind: str, total: int, warmup: int, hold_ratio: float = 0.4,
                    final_scale: float = 0.05) -> LambdaLR:
     if kind == "tri_stage":
@@ -44,4 +49,6 @@ def make_scheduler(optimizer: Optimizer, kind: str, total: int, warmup: int, hol
         return LambdaLR(optimizer, lambda s: linear(s, total, warmup))
     if kind == "cosine":
         return LambdaLR(optimizer, lambda s: cosine(s, total, warmup, final_scale))
+    if kind == "constant":
+        return LambdaLR(optimizer, lambda s: constant(s, warmup))
     raise ValueError(f"unknown lr_scheduler_type {kind!r}; choose one of {SCHEDULES}")
