@@ -47,9 +47,10 @@ from w2v.schedule import SCHEDULES, make_scheduler
 from w2v.text import TextNormalizer, Vocabulary
 
 # Settings a checkpoint must share with the run that resumes it (else the batches or shapes differ).
+# World size, dataloader workers and accumulation may change (an elastic resume re-plans the rest of
+# the epoch); the model and the epoch's samples and batching may not.
 RESUME_MUST_MATCH = ("model_name_or_path", "model_config", "max_batch_seconds", "max_batch_size", "num_buckets",
-                     "shuffle_buffer", "seed", "dataloader_num_workers", "gradient_accumulation_steps",
-                     "min_duration", "max_duration", "train_shards")
+                     "shuffle_buffer", "seed", "min_duration", "max_duration", "train_shards")
 
 
 def main(cfg: TrainConfig) -> None:
@@ -137,11 +138,27 @@ def main(cfg: TrainConfig) -> None:
     counters = {"skipped_nonfinite": 0, "skipped_overflow": 0}
     if ckpt is not None:
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        check_resumable(cfg, state, accelerator.num_processes, vocab_file, ckpt)
+        check_resumable(cfg, state, vocab_file, ckpt)
         accelerator.load_state(str(ckpt))
-        train_loader.load_state_dict(json.loads((ckpt / f"loader_rank{accelerator.process_index}.json").read_text()))
+        loader_states = [json.loads(p.read_text()) for p in sorted(ckpt.glob("loader_rank*.json"),
+                                                                   key=lambda p: int(p.stem[len("loader_rank"):]))]
+        try:
+            how = train_loader.load_state_dict(loader_states)
+        except ValueError as exc:
+            raise ConfigError(f"{ckpt}: {exc}") from None
         update, counters = state["update"], state["counters"]
-        say(f"resumed from {ckpt} at update {update} (epoch {train_loader.epoch})")
+        say(f"resumed from {ckpt} at update {update} (epoch {train_loader.epoch}, {how})")
+        if how == "elastic":
+            # per-rank RNG states no longer map one to one: reseed every rank from (seed, update, rank)
+            set_seed(cfg.seed + 1_000_003 * update + accelerator.process_index)
+            say(f"  {state['world_size']} ranks × {state.get('num_workers', '?')} workers then, "
+                f"{accelerator.num_processes} × {train_loader.workers} now: the rest of the epoch is planned anew "
+                f"over the samples not yet used; random states reseeded from (seed, update, rank)")
+        now = padded_seconds_per_update(train_loader, cfg, accelerator)
+        if "padded_seconds_per_update" in state:
+            say(f"  padded seconds per update: {state['padded_seconds_per_update']:.0f} then, {now:.0f} now"
+                + ("" if abs(now - state["padded_seconds_per_update"]) < 0.05 * now else
+                   " (the effective batch changed: --gradient_accumulation_steps adjusts it)"))
 
     # ---------------------------------------------------------------- the update loop
     preemption = PreemptionSignal(parse_signals(cfg.preemption_signals))
@@ -443,6 +460,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: Train
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = {"update": update, "counters": counters, "world_size": accelerator.num_processes,
+                 "num_workers": loader.workers, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+                 "padded_seconds_per_update": padded_seconds_per_update(loader, cfg, accelerator),
                  "config": {k: getattr(cfg, k) for k in RESUME_MUST_MATCH}}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         shutil.copyfile(vocab_file, tmp / "vocab.json")
@@ -487,15 +506,18 @@ def prepare_output_dir(out: Path, ckpt: Path | None, cfg: TrainConfig, say) -> N
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def check_resumable(cfg: TrainConfig, state: dict, world: int, vocab_file: Path, ckpt: Path) -> None:
+def padded_seconds_per_update(loader: SpeechLoader, cfg: TrainConfig, accelerator: Accelerator) -> float:
+    """What one update trains on, in padded seconds over all ranks (the effective batch)."""
+    return loader.padded_seconds_per_batch() * cfg.gradient_accumulation_steps * accelerator.num_processes
+
+
+def check_resumable(cfg: TrainConfig, state: dict, vocab_file: Path, ckpt: Path) -> None:
     diffs = [f"{k}: checkpoint {state['config'].get(k)!r}, now {getattr(cfg, k)!r}"
              for k in RESUME_MUST_MATCH if state["config"].get(k) != getattr(cfg, k)]
-    if state["world_size"] != world:
-        diffs.append(f"world size: checkpoint {state['world_size']}, now {world}")
     if (ckpt / "vocab.json").read_text() != vocab_file.read_text():
         diffs.append("vocab.json differs")
     if diffs:
-        raise ConfigError(f"{ckpt} comes from another configuration; exact resume is impossible:\n  "
+        raise ConfigError(f"{ckpt} comes from another configuration; it cannot be resumed:\n  "
                           + "\n  ".join(diffs))
 
 

@@ -127,8 +127,48 @@ def test_resume_yields_exactly_the_remaining_batches(cv_shards, workers):
     for a, b in zip(rest, full[3:], strict=True):
         assert a["keys"] == b["keys"]
         assert torch.equal(a["input_values"], b["input_values"]) and torch.equal(a["labels"], b["labels"])
-    with pytest.raises(ValueError, match="world size"):
-        loader(shard_dir, vocab, world_size=2, num_workers=workers).load_state_dict(state)
+    with pytest.raises(ValueError, match="every old rank"):  # one rank's state of a 2-rank run
+        loader(shard_dir, vocab, num_workers=workers).load_state_dict({**state, "world_size": 2})
+    with pytest.raises(ValueError, match="seed"):
+        loader(shard_dir, vocab, num_workers=workers, seed=5).load_state_dict(state)
+
+
+def consume(loaders: list[SpeechLoader], batches: int) -> list[str]:
+    """Every rank takes `batches` batches (in step, as training does); the keys they saw."""
+    keys = []
+    for ld in loaders:
+        stream = iter(ld)
+        for _ in range(batches):
+            keys += next(stream)["keys"]
+    return keys
+
+
+def test_elastic_resume_uses_each_sample_once_on_any_world(cv_shards):
+    shard_dir, expected = cv_shards
+    vocab = vocab_for(shard_dir)
+    settings = {"max_batch_seconds": 10.0, "max_batch_size": 1}  # one utterance per batch: 6 batches in all
+    old = [loader(shard_dir, vocab, rank=r, world_size=2, num_workers=2, **settings) for r in range(2)]
+    assert len(old[0]) == len(old[1])
+    before = consume(old, 1)
+    states = [ld.state_dict() for ld in old]
+    for world, workers in ((1, 1), (3, 1), (1, 2)):
+        new = [loader(shard_dir, vocab, rank=r, world_size=world, num_workers=workers, **settings)
+               for r in range(world)]
+        assert {ld.load_state_dict(states) for ld in new} == {"elastic"}
+        counts = {len(ld) for ld in new}
+        assert len(counts) == 1, (world, workers, counts)  # every new rank yields as many batches
+        after = [k for ld in new for b in ld for k in b["keys"] if not b["empty"]]
+        assert sorted(before + after) == sorted(expected.written), (world, workers)  # each sample once
+    # an elastic resume can itself be interrupted and resumed on yet another world
+    three = [loader(shard_dir, vocab, rank=r, world_size=3, num_workers=1, **settings) for r in range(3)]
+    for ld in three:
+        ld.load_state_dict(states)
+    middle = consume(three, 1)
+    one = loader(shard_dir, vocab, num_workers=1, **settings)
+    one.load_state_dict([ld.state_dict() for ld in three])
+    last = [k for b in one for k in b["keys"] if not b["empty"]]
+    assert sorted(before + middle + last) == sorted(expected.written)
+    assert one.epoch == 0 and one.finished
 
 
 def damaged_copy(shard_dir, tmp_path, shard: int):

@@ -358,3 +358,31 @@ def test_output_folders_of_other_runs_are_not_mixed_in(cv_shards, tmp_path):
     assert fresh.returncode == 0 and "resumed" not in fresh.stdout  # auto without a checkpoint: a fresh start
     zero = train_directly(tmp_path / "zero", shards, "--save_total_limit", "0")
     assert zero.returncode == 2 and "keep at least 1" in zero.stderr
+
+
+def test_two_machines_stopped_mid_epoch_resume_as_one_process(cv_shards, tmp_path):
+    """Two `accelerate launch --num_machines 2` (one process each, on this machine) train until a
+    SIGTERM reaches machine 0's launcher; the run goes on as one process (an elastic resume)."""
+    shards, _ = cv_shards
+    out = tmp_path / "run"
+    args = ["--config", TINY, "--train_shards", str(shards), "--output_dir", str(out), *CONSTANT,
+            "--max_steps", "5", "--max_batch_size", "1", "--dataloader_num_workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "W2V_TEST_SIGNAL_AT_UPDATE": "1", "W2V_TEST_SIGNAL_TO": "parent"}
+    port = str(29500 + os.getpid() % 1000)
+    machines = [subprocess.Popen([ACCELERATE, "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
+                                  "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                                  "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+                                  str(ROOT / "tests" / "train_with_hooks.py"), *args],
+                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for rank in (0, 1)]
+    outputs = [m.communicate(timeout=600) for m in machines]
+    assert all(m.returncode != 0 for m in machines)  # preempted: neither machine finished
+    assert "stopped by SIGTERM after update 2" in outputs[0][0], outputs[0][1][-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]
+    assert json.loads((out / "checkpoints" / "step-2" / "trainer_state.json").read_text())["world_size"] == 2
+    proc = train_directly(out, shards, *CONSTANT, "--max_steps", "5", "--max_batch_size", "1",
+                          "--resume_from_checkpoint", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "elastic" in proc.stdout and "2 ranks × 1 workers then, 1 × 1 now" in proc.stdout
+    assert "padded seconds per update" in proc.stdout and (out / "final" / "model.safetensors").is_file()
+    assert [r["update"] for r in records(out) if "loss" in r] == [1, 2, 3, 4, 5]

@@ -17,7 +17,9 @@ yielded, as an `empty` batch, so that ranks stay in step.
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import tarfile
 import time
 from collections import Counter
@@ -33,7 +35,15 @@ from w2v.data.decode import decode_member
 from w2v.data.flac import decode_flac
 from w2v.data.index import SAMPLE_RATE, resolve_shards
 from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad, pad_labels
-from w2v.data.plan import LoaderConfig, SampleTable, Segment, WorkerPlan, count_drops, plan_epoch
+from w2v.data.plan import (
+    LoaderConfig,
+    SampleTable,
+    Segment,
+    WorkerPlan,
+    count_drops,
+    plan_epoch,
+    remaining_samples,
+)
 from w2v.data.tar import tar_members
 
 log = logging.getLogger(__name__)
@@ -140,6 +150,14 @@ def _load_kernels() -> None:
         _kernels_ready = True
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A preemption signal is for the training process to act on (torchrun sends it to the whole
+    process group): a worker it killed would take the batch in flight with it. Workers end with
+    the process that owns them."""
+    for name in ("SIGTERM", "SIGUSR1"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class _EpochStream(torch.utils.data.IterableDataset):
     """What each DataLoader worker runs: its plan for (epoch, rank, worker), minus consumed batches."""
 
@@ -180,7 +198,9 @@ class SpeechLoader:
         self.edges = bucket_edges(kept, self.cfg.num_buckets)
         self.epoch = 0
         self.consumed = [0] * self.workers
-        self._plans: tuple[int, list] | None = None
+        # earlier parts of this epoch, run on other worlds (an elastic resume): see load_state_dict
+        self.history: list[dict] = []
+        self._plans: tuple[tuple, list] | None = None
         self.worker_stats: dict[int, dict] = {}
         self.wait_seconds = 0.0
 
@@ -188,14 +208,18 @@ class SpeechLoader:
         return count_drops(self.table.drop_reason)
 
     def plans(self) -> list[list[WorkerPlan]]:
-        if self._plans is None or self._plans[0] != self.epoch:
-            self._plans = (self.epoch, plan_epoch(self.table, self.cfg, self.epoch, self.world, self.workers,
-                                                  self.edges))
+        """plans[rank][worker] of this epoch: the whole epoch, or after an elastic resume the samples
+        its earlier parts did not consume, planned for this world."""
+        key = (self.epoch, len(self.history))
+        if self._plans is None or self._plans[0] != key:
+            remaining = remaining_samples(self.table, self.cfg, self.epoch, self.edges, self.history)
+            self._plans = (key, plan_epoch(self.table, self.cfg, self.epoch, self.world, self.workers, self.edges,
+                                           remaining, len(self.history)))
         return self._plans[1]
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.epoch, self.consumed = epoch, [0] * self.workers
+            self.epoch, self.consumed, self.history = epoch, [0] * self.workers, []
 
     def __len__(self) -> int:
         return sum(p.num_batches for p in self.plans()[self.rank])
@@ -204,6 +228,17 @@ class SpeechLoader:
     def finished(self) -> bool:
         """Every batch of this epoch has been consumed (a checkpoint may land exactly here)."""
         return sum(self.consumed) == len(self)
+
+    def padded_seconds_per_batch(self) -> float:
+        """The mean padded seconds (n × longest) of this rank's planned batches in this epoch."""
+        total = batches = 0
+        for p in self.plans()[self.rank]:
+            seconds = self.table.durations[p.stream]
+            for j in range(p.num_batches):
+                members = seconds[p.order[p.offsets[j]:p.offsets[j + 1]]]
+                total += len(members) * members.max(initial=0.0)
+            batches += p.num_batches
+        return total / batches if batches else 0.0
 
     def padding_fraction(self) -> float:
         """The plan's padding fraction for this rank and epoch (what the bucketer achieves)."""
@@ -229,6 +264,7 @@ class SpeechLoader:
             source = iter(torch.utils.data.DataLoader(
                 _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
                 persistent_workers=False, prefetch_factor=4, multiprocessing_context="fork",
+                worker_init_fn=_ignore_stop_signals,
                 # its own generator: creating the iterator must not draw from the global torch RNG, or
                 # a resumed run (new iterator mid-epoch) would see other dropout masks than an uninterrupted one
                 generator=torch.Generator().manual_seed(self.cfg.seed)))
@@ -253,13 +289,39 @@ class SpeechLoader:
         return {"drops": dict(totals), "loader_wait_seconds": self.wait_seconds, "decode_seconds": decode}
 
     def state_dict(self) -> dict:
+        """This rank's position: the epoch, the batches each worker consumed, and the earlier parts
+        of the epoch (after an elastic resume). Small: no sample lists."""
         return {"epoch": self.epoch, "consumed": list(self.consumed), "seed": self.cfg.seed,
-                "world_size": self.world, "num_workers": self.workers, "num_samples": len(self.table)}
+                "world_size": self.world, "num_workers": self.workers, "num_samples": len(self.table),
+                "rank": self.rank, "history": self.history}
 
-    def load_state_dict(self, state: dict) -> None:
-        for key, mine in (("world_size", self.world), ("num_workers", self.workers),
-                          ("num_samples", len(self.table)), ("seed", self.cfg.seed)):
-            if state[key] != mine:
-                raise ValueError(f"loader state was saved with {key}={state[key]}, this run has {mine}: "
-                                 "exact resume needs the same shards, seed, world size and workers")
-        self.epoch, self.consumed = state["epoch"], list(state["consumed"])
+    def load_state_dict(self, state: dict | list[dict]) -> str:
+        """Resume from one state (the same world size and workers: exactly the batches an
+        uninterrupted run would yield) or from the list of every old rank's `state_dict()` (any
+        world size and workers: the rest of the epoch is planned over the samples it did not
+        consume, so each sample is still used once in it). Returns "exact" or "elastic"."""
+        states = state if isinstance(state, list) else [state]
+        first = states[0]
+        for key, mine in (("num_samples", len(self.table)), ("seed", self.cfg.seed)):
+            if any(s[key] != mine for s in states):
+                raise ValueError(f"loader state was saved with {key}={first[key]}, this run has {mine}: "
+                                 "resuming needs the same shards and seed")
+        old_world, old_workers = first["world_size"], first["num_workers"]
+        if old_world == self.world and old_workers == self.workers:
+            mine = states[self.rank] if len(states) == old_world > 1 else first
+            self.epoch, self.consumed, self.history = mine["epoch"], list(mine["consumed"]), list(mine.get("history", []))
+            return "exact"
+        if len(states) != old_world:
+            raise ValueError(f"the loader ran on {old_world} ranks × {old_workers} workers, this one on "
+                             f"{self.world} × {self.workers}: pass every old rank's state (a list) to resume elastically")
+        if self.cfg.mode != "epoch":
+            raise ValueError(f"mode {self.cfg.mode!r} resumes only with the same world size and workers")
+        if len({(s["epoch"], json.dumps(s.get("history", []))) for s in states}) != 1:
+            raise ValueError("the old ranks' states disagree on the epoch: they are not from one checkpoint")
+        by_rank = sorted(states, key=lambda s: s.get("rank", states.index(s)))
+        self.epoch, self.consumed = first["epoch"], [0] * self.workers
+        self.history = [*first.get("history", []), {"world_size": old_world, "num_workers": old_workers,
+                                                    "consumed": [list(s["consumed"]) for s in by_rank]}]
+        if not remaining_samples(self.table, self.cfg, self.epoch, self.edges, self.history).any():
+            self.set_epoch(self.epoch + 1)  # the old ranks had consumed the whole epoch
+        return "elastic"

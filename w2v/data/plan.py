@@ -198,8 +198,12 @@ class LoaderConfig:
 
 
 def plan_epoch(table: SampleTable, cfg: LoaderConfig, epoch: int, world: int, workers: int,
-               edges: np.ndarray) -> list[list[WorkerPlan]]:
-    """plans[rank][worker] for one epoch, equal batch counts per rank."""
+               edges: np.ndarray, remaining: np.ndarray | None = None, part: int = 0) -> list[list[WorkerPlan]]:
+    """plans[rank][worker] for one epoch, equal batch counts per rank.
+
+    `remaining` (bool per sample) plans only those samples: the rest of an epoch interrupted and
+    resumed on another number of ranks or workers, its `part` 1, 2, … (part 0 is the whole epoch).
+    """
     if cfg.mode == "resampled":
         return [[_resampled_plan(table, cfg, epoch, r, w, world, workers, edges) for w in range(workers)]
                 for r in range(world)]
@@ -209,20 +213,46 @@ def plan_epoch(table: SampleTable, cfg: LoaderConfig, epoch: int, world: int, wo
     starts = np.concatenate([[0], np.cumsum([len(s.keys) for s in table.shards])]).astype(np.int64)
     all_ids = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in shard_order]) if len(starts) > 1 \
         else np.zeros(0, np.int64)
+    n_shards = len(table.shards)
+    if remaining is not None:
+        all_ids = all_ids[remaining[all_ids]]
+        n_shards = len(np.unique(table.shard_of[all_ids]))
     plans = []
     for rank in range(world):
-        rank_ids = _split(all_ids, rank, world, len(table.shards) >= world, table.shard_of)
+        rank_ids = _split(all_ids, rank, world, n_shards >= world, table.shard_of)
         n_rank_shards = len(np.unique(table.shard_of[rank_ids])) if len(rank_ids) else 0
         rank_plans = []
         for worker in range(workers):
             ids = _split(rank_ids, worker, workers, n_rank_shards >= workers, table.shard_of)
-            order, offsets, drops = _batch_stream(table, ids, cfg, _seed(cfg.seed, epoch, rank, worker), edges)
+            seed = _seed(cfg.seed, epoch, rank, worker, *([part] if part else []))
+            order, offsets, drops = _batch_stream(table, ids, cfg, seed, edges)
             rank_plans.append(WorkerPlan(_segments(ids, table.shard_of), ids, order, offsets, drops))
         plans.append(rank_plans)
     target = max(sum(p.num_batches for p in rank_plans) for rank_plans in plans)
     for rank_plans in plans:
         _equalize(rank_plans, table, target)
     return plans
+
+
+def consumed_samples(plans: list[list[WorkerPlan]], consumed: list[list[int]]) -> np.ndarray:
+    """The sample ids of the first consumed[rank][worker] batches of each worker's plan."""
+    taken = [p.stream[p.order[:p.offsets[c]]] for rank_plans, counts in zip(plans, consumed, strict=True)
+             for p, c in zip(rank_plans, counts, strict=True)]
+    return np.concatenate(taken) if taken else np.zeros(0, np.int64)
+
+
+def remaining_samples(table: SampleTable, cfg: LoaderConfig, epoch: int, edges: np.ndarray,
+                      history: list[dict]) -> np.ndarray | None:
+    """bool per sample: not yet consumed in this epoch, replaying its earlier parts (each planned for
+    the world it ran on, `{"world_size", "num_workers", "consumed": [[per worker] per rank]}`);
+    None for an epoch with no earlier part."""
+    remaining = None
+    for part, earlier in enumerate(history):
+        plans = plan_epoch(table, cfg, epoch, earlier["world_size"], earlier["num_workers"], edges, remaining, part)
+        if remaining is None:
+            remaining = np.ones(len(table), dtype=bool)
+        remaining[consumed_samples(plans, earlier["consumed"])] = False
+    return remaining
 
 
 def _seed(*parts: int) -> int:
