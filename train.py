@@ -122,7 +122,8 @@ def main(cfg: TrainConfig) -> None:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                                  fused=torch.cuda.is_available())  # one kernel per step on a GPU
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * max_steps)
     # Not passed to prepare(): an AcceleratedScheduler would step once per process; ours steps
     # exactly once per optimizer update that really happened.
@@ -254,7 +255,8 @@ def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> Loader
     return LoaderConfig(
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, num_buckets=cfg.num_buckets,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, min_duration=cfg.min_duration,
-        max_duration=cfg.max_duration, return_attention_mask=attention_mask, num_workers=cfg.dataloader_num_workers)
+        max_duration=cfg.max_duration, return_attention_mask=attention_mask, num_workers=cfg.dataloader_num_workers,
+        pin_memory=torch.cuda.is_available())
 
 
 def training_texts(spec: str, index: str | None) -> list[str]:
@@ -300,15 +302,15 @@ def next_window(batches, loader: SpeechLoader, size: int) -> list[dict]:
 def ctc_loss_sum(model, batch: dict, blank: int, accelerator: Accelerator, train_encoder: bool) -> torch.Tensor:
     """Summed CTC loss of one micro-batch, log-softmax and CTC in fp32, over the true output lengths."""
     device = accelerator.device
-    values = batch["input_values"].to(device)
-    mask = batch["attention_mask"].to(device) if "attention_mask" in batch else None
+    values = batch["input_values"].to(device, non_blocking=True)  # pinned on CUDA: the host goes on
+    mask = batch["attention_mask"].to(device, non_blocking=True) if "attention_mask" in batch else None
     with accelerator.autocast():
         logits = model(values, attention_mask=mask, train_encoder=train_encoder)
     if batch["empty"]:  # a stand-in batch that keeps ranks in step: weight zero, graph intact
         return logits.float().sum() * 0.0
-    labels = batch["labels"].to(device)
+    labels = batch["labels"].to(device, non_blocking=True)
     label_lengths = (labels >= 0).sum(-1)
-    frames = accelerator.unwrap_model(model).output_lengths(batch["input_lengths"].to(device))
+    frames = accelerator.unwrap_model(model).output_lengths(batch["input_lengths"].to(device, non_blocking=True))
     with torch.autocast(device_type=device.type, enabled=False):
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
         return F.ctc_loss(log_probs, labels[labels >= 0], frames, label_lengths, blank=blank, reduction="sum",
@@ -375,7 +377,13 @@ class LogWindow:
         sums = accelerator.reduce(torch.tensor([self.loss, self.tokens, self.audio, self.padded],
                                                dtype=torch.float64, device=accelerator.device), "sum").tolist()
         elapsed = time.perf_counter() - self.start
-        diagnostics = self.loader.diagnostics()
+        # the loader's figures of every rank: waits summed (and the slowest rank's), drops summed,
+        # peak memory the largest (what decides an OOM)
+        wait = torch.tensor(self.loader.wait_seconds - self.wait0, dtype=torch.float64, device=accelerator.device)
+        wait_sum, wait_max = accelerator.reduce(wait, "sum").item(), accelerator.reduce(wait, "max").item()
+        drops: Counter = Counter()
+        for rank_drops in gather_object([self.loader.diagnostics()["drops"]]):
+            drops.update(rank_drops)
         record = {
             "update": update,
             "loss": sums[0] / max(sums[1], 1),  # per label
@@ -385,13 +393,16 @@ class LogWindow:
             "audio_seconds_per_second": sums[2] / max(elapsed, 1e-9),
             "updates_per_second": self.updates / max(elapsed, 1e-9),
             "padding_percent": 100.0 * (1 - sums[2] / sums[3]) if sums[3] else 0.0,
-            "loader_wait_seconds": self.loader.wait_seconds - self.wait0,
+            "loader_wait_seconds": wait_sum,
+            "loader_wait_seconds_max_rank": wait_max,
+            "world_size": accelerator.num_processes,
             "epoch": self.loader.epoch,
-            "drops": diagnostics["drops"],
+            "drops": dict(drops),
             **counters,
         }
-        if torch.cuda.is_available():  # this rank's peak since the start: what decides an OOM
-            record["peak_memory_gib"] = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
+        if torch.cuda.is_available():  # each rank's peak since the start; the largest decides an OOM
+            peak = torch.tensor(torch.cuda.max_memory_allocated(accelerator.device) / 2**30, device=accelerator.device)
+            record["peak_memory_gib"] = accelerator.reduce(peak, "max").item()
         self.reset()
         return record
 
@@ -500,7 +511,7 @@ def prepare_output_dir(out: Path, ckpt: Path | None, cfg: TrainConfig, say) -> N
     if cfg.resume_from_checkpoint == "auto":  # this run, requeued before its first checkpoint
         say(f"--resume_from_checkpoint auto: no checkpoint yet, starting afresh (replacing {names})")
     elif not cfg.overwrite_output_dir:
-        raise ConfigError(f"{out} holds another run ({names}): pass --resume_from_checkpoint latest|auto to "
+        raise ConfigError(f"{out} holds another run ({names}): pass --resume_from_checkpoint latest or auto to "
                           "continue it, or --overwrite_output_dir to replace it, or choose another --output_dir")
     for path in leftovers:
         shutil.rmtree(path) if path.is_dir() else path.unlink()

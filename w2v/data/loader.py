@@ -264,7 +264,7 @@ class SpeechLoader:
             source = iter(torch.utils.data.DataLoader(
                 _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
                 persistent_workers=False, prefetch_factor=4, multiprocessing_context="fork",
-                worker_init_fn=_ignore_stop_signals,
+                worker_init_fn=_ignore_stop_signals, pin_memory=self.cfg.pin_memory,
                 # its own generator: creating the iterator must not draw from the global torch RNG, or
                 # a resumed run (new iterator mid-epoch) would see other dropout masks than an uninterrupted one
                 generator=torch.Generator().manual_seed(self.cfg.seed)))
@@ -276,6 +276,8 @@ class SpeechLoader:
                 held[(batch["worker"], batch["index"])] = batch
             self.wait_seconds += time.perf_counter() - start
             batch = held.pop((worker, index))
+            if self.cfg.pin_memory and self.cfg.num_workers == 0:  # (a DataLoader pins in its own thread)
+                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             self.consumed[worker] = index + 1
             self.worker_stats[worker] = batch["stats"]
             yield batch

@@ -177,6 +177,8 @@ class LoaderConfig:
     num_workers: int = 0
     # "w2v": mono 16-bit FLAC through w2v.data.flac (faster); "soundfile": always libsndfile
     flac_decoder: str = "w2v"
+    # Batches in page-locked memory, for asynchronous copies to a GPU (`.to(device, non_blocking=True)`)
+    pin_memory: bool = False
     # An utterance longer than max_batch_seconds: False drops it (above_max_duration), True gives it
     # a batch of its own (evaluation, where every utterance must be scored)
     long_alone: bool = False
