@@ -135,31 +135,9 @@ def main(cfg: TrainConfig) -> None:
                                                  if isinstance(v, int | float | str | bool)})
 
     # ---------------------------------------------------------------- resume
-    update = 0
-    counters = {"skipped_nonfinite": 0, "skipped_overflow": 0}
+    update, counters = 0, {"skipped_nonfinite": 0, "skipped_overflow": 0}
     if ckpt is not None:
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        check_resumable(cfg, state, vocab_file, ckpt)
-        accelerator.load_state(str(ckpt))
-        loader_states = [json.loads(p.read_text()) for p in sorted(ckpt.glob("loader_rank*.json"),
-                                                                   key=lambda p: int(p.stem[len("loader_rank"):]))]
-        try:
-            how = train_loader.load_state_dict(loader_states)
-        except ValueError as exc:
-            raise ConfigError(f"{ckpt}: {exc}") from None
-        update, counters = state["update"], state["counters"]
-        say(f"resumed from {ckpt} at update {update} (epoch {train_loader.epoch}, {how})")
-        if how == "elastic":
-            # per-rank RNG states no longer map one to one: reseed every rank from (seed, update, rank)
-            set_seed(cfg.seed + 1_000_003 * update + accelerator.process_index)
-            say(f"  {state['world_size']} ranks × {state.get('num_workers', '?')} workers then, "
-                f"{accelerator.num_processes} × {train_loader.workers} now: the rest of the epoch is planned anew "
-                f"over the samples not yet used; random states reseeded from (seed, update, rank)")
-        now = padded_seconds_per_update(train_loader, cfg, accelerator)
-        if "padded_seconds_per_update" in state:
-            say(f"  padded seconds per update: {state['padded_seconds_per_update']:.0f} then, {now:.0f} now"
-                + ("" if abs(now - state["padded_seconds_per_update"]) < 0.05 * now else
-                   " (the effective batch changed: --gradient_accumulation_steps adjusts it)"))
+        update, counters = resume(ckpt, cfg, accelerator, train_loader, vocab_file)
 
     # ---------------------------------------------------------------- the update loop
     preemption = PreemptionSignal(parse_signals(cfg.preemption_signals))
@@ -481,6 +459,36 @@ def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: Train
         for old in kept[: max(0, len(kept) - (cfg.save_total_limit or len(kept)))]:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
+
+
+def resume(ckpt: Path, cfg: TrainConfig, accelerator: Accelerator, loader: SpeechLoader,
+           vocab_file: Path) -> tuple[int, dict]:
+    """Model, optimizer, schedule, RNG and loader from a checkpoint; (update, counters). The same
+    world resumes exactly; another one re-plans the rest of the epoch (SpeechLoader.load_state_dict)."""
+    say = accelerator.print
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    check_resumable(cfg, state, vocab_file, ckpt)
+    accelerator.load_state(str(ckpt))
+    loader_states = [json.loads(p.read_text()) for p in sorted(ckpt.glob("loader_rank*.json"),
+                                                               key=lambda p: int(p.stem[len("loader_rank"):]))]
+    try:
+        how = loader.load_state_dict(loader_states)
+    except ValueError as exc:
+        raise ConfigError(f"{ckpt}: {exc}") from None
+    update = state["update"]
+    say(f"resumed from {ckpt} at update {update} (epoch {loader.epoch}, {how})")
+    if how == "elastic":
+        # per-rank RNG states no longer map one to one: reseed every rank from (seed, update, rank)
+        set_seed(cfg.seed + 1_000_003 * update + accelerator.process_index)
+        say(f"  {state['world_size']} ranks × {state.get('num_workers', '?')} workers then, "
+            f"{accelerator.num_processes} × {loader.workers} now: the rest of the epoch is planned anew "
+            f"over the samples not yet used; random states reseeded from (seed, update, rank)")
+    now = padded_seconds_per_update(loader, cfg, accelerator)
+    if "padded_seconds_per_update" in state:
+        changed = abs(now - state["padded_seconds_per_update"]) >= 0.05 * now
+        say(f"  padded seconds per update: {state['padded_seconds_per_update']:.0f} then, {now:.0f} now"
+            + (" (the effective batch changed: --gradient_accumulation_steps adjusts it)" if changed else ""))
+    return update, state["counters"]
 
 
 def find_checkpoint(out: Path, which: str | None) -> Path | None:
