@@ -386,3 +386,19 @@ def test_two_machines_stopped_mid_epoch_resume_as_one_process(cv_shards, tmp_pat
     assert "elastic" in proc.stdout and "2 ranks × 1 workers then, 1 × 1 now" in proc.stdout
     assert "padded seconds per update" in proc.stdout and (out / "final" / "model.safetensors").is_file()
     assert [r["update"] for r in records(out) if "loss" in r] == [1, 2, 3, 4, 5]
+
+
+def test_sigterm_to_the_one_process_launcher_still_checkpoints(cv_shards, tmp_path):
+    """accelerate's one-process launcher forwards no signal: killed by SIGTERM, it takes the run
+    with it, which then stops after its update with a checkpoint (PR_SET_PDEATHSIG)."""
+    import time
+
+    shards, _ = cv_shards
+    out = tmp_path / "one"
+    proc = launch(out, shards, *CONSTANT, "--max_steps", "50", check=False,
+                  hooks={"W2V_TEST_SIGNAL_AT_UPDATE": "2", "W2V_TEST_SIGNAL_TO": "parent"})
+    assert proc.returncode != 0  # the launcher itself died of the signal
+    deadline = time.monotonic() + 120  # the orphaned run finishes its update and writes the checkpoint
+    while not (out / "checkpoints" / "step-3").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-3"]
