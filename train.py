@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import gather_object, set_seed
-from tqdm import tqdm
 
 from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
 from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
 from w2v.data.index import resolve_shards
 from w2v.data.loader import LoaderConfig, SpeechLoader
+from w2v.data.padding import pad_labels
 from w2v.lm.decode import greedy_decode
 from w2v.metrics import ErrorCounts
 from w2v.model import (
@@ -43,8 +44,10 @@ from w2v.model import (
     wants_attention_mask,
 )
 from w2v.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, parse_signals
+from w2v.progress import Progress, eta, on_terminal
 from w2v.schedule import SCHEDULES, make_scheduler
 from w2v.text import TextNormalizer, Vocabulary
+from w2v.trackers import resolve_trackers, where
 
 # Settings a checkpoint must share with the run that resumes it (else the batches or shapes differ).
 # World size, dataloader workers and accumulation may change (an elastic resume re-plans the rest of
@@ -56,19 +59,31 @@ RESUME_MUST_MATCH = ("model_name_or_path", "model_config", "max_batch_seconds", 
 def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- set-up
     check_inputs(cfg)
+    trackers = resolve_trackers(cfg.report_to)
     cfg.mixed_precision, precision_why = resolve_mixed_precision(
         cfg, os.environ.get("ACCELERATE_MIXED_PRECISION"), torch.cuda.is_available())
     ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.layerdrop > 0 or cfg.freeze_finetune_steps > 0)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
-                              log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              log_with=trackers or None,
                               project_dir=cfg.output_dir, kwargs_handlers=[ddp])
     main_proc = accelerator.is_main_process
-    say = accelerator.print
+    say = accelerator.print  # progress and reports from rank 0 only; warnings from every rank, labelled
+    logging.basicConfig(level=logging.WARNING, force=True,
+                        format=f"[rank {accelerator.process_index}] %(levelname)s %(name)s: %(message)s")
     out = Path(cfg.output_dir)
     ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)  # None: a fresh run
     if main_proc:
         prepare_output_dir(out, ckpt, cfg, say)
+        out.mkdir(parents=True, exist_ok=True)
     say(f"mixed precision: {cfg.mixed_precision} ({precision_why})")
+    if trackers:  # started before any data is read: one that cannot start stops the run now
+        try:
+            accelerator.init_trackers("w2v", config={k: v for k, v in cfg.to_dict().items()
+                                                     if isinstance(v, int | float | str | bool)})
+        except Exception as exc:  # noqa: BLE001 (each tracker fails in its own way)
+            raise ConfigError(f"--report_to {cfg.report_to}: a tracker did not start: {exc}") from None
+        for name in trackers:
+            say(f"logging to {where(name, out)}")
     set_seed(cfg.seed)
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
@@ -130,9 +145,6 @@ def main(cfg: TrainConfig) -> None:
     scheduler = make_scheduler(optimizer, cfg.lr_scheduler_type, max_steps, warmup, cfg.hold_ratio, cfg.final_lr_scale)
     ctc_model, optimizer = accelerator.prepare(CTCModel(model), optimizer)
     accelerator.register_for_checkpointing(scheduler)
-    if cfg.report_to != "none":
-        accelerator.init_trackers("w2v", config={k: v for k, v in cfg.to_dict().items()
-                                                 if isinstance(v, int | float | str | bool)})
 
     # ---------------------------------------------------------------- resume
     update, counters = 0, {"skipped_nonfinite": 0, "skipped_overflow": 0}
@@ -142,7 +154,9 @@ def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- the update loop
     preemption = PreemptionSignal(parse_signals(cfg.preemption_signals))
     metrics_file = open(out / "metrics.jsonl", "a") if main_proc else None  # noqa: SIM115
-    bar = tqdm(total=max_steps, initial=update, disable=not main_proc, desc="training", dynamic_ncols=True)
+    # a bar on a terminal; in a log file one line per logging step (below), nothing in between
+    bar = Progress(total=max_steps, initial=update, desc="training", unit="update", disable=not main_proc, interval=None)
+    started, start_update = time.monotonic(), update
     window_log = LogWindow(train_loader)
     batches = iterate_forever(train_loader)
     while update < max_steps:
@@ -170,8 +184,13 @@ def main(cfg: TrainConfig) -> None:
 
         if update % cfg.logging_steps == 0 or update == max_steps:
             record = window_log.flush(accelerator, update, scheduler, step.grad_norm, counters)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
             write_record(metrics_file, record, accelerator)
+            if cfg.log_format == "json":
+                say(json.dumps(record))
+            elif not on_terminal():
+                say(progress_line(record, max_steps, eta(update - start_update, max_steps - start_update,
+                                                         time.monotonic() - started)))
         if eval_loader is not None and (update % cfg.eval_steps == 0 or update == max_steps) and not step.stop:
             record = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples)
             write_record(metrics_file, {"update": update, **record}, accelerator)
@@ -217,6 +236,8 @@ def check_inputs(cfg: TrainConfig) -> None:
         parse_signals(cfg.preemption_signals)
     except ValueError as exc:
         raise ConfigError(f"--preemption_signals {cfg.preemption_signals}: {exc}") from None
+    if cfg.log_format not in ("text", "json"):
+        raise ConfigError(f"--log_format {cfg.log_format}: choose text or json")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
         raise ConfigError(f"--save_total_limit {cfg.save_total_limit}: keep at least 1 checkpoint (unset: all)")
     if cfg.lr_scheduler_type not in SCHEDULES:
@@ -286,13 +307,17 @@ def ctc_loss_sum(model, batch: dict, blank: int, accelerator: Accelerator, train
         logits = model(values, attention_mask=mask, train_encoder=train_encoder)
     if batch["empty"]:  # a stand-in batch that keeps ranks in step: weight zero, graph intact
         return logits.float().sum() * 0.0
-    labels = batch["labels"].to(device, non_blocking=True)
-    label_lengths = (labels >= 0).sum(-1)
     frames = accelerator.unwrap_model(model).output_lengths(batch["input_lengths"].to(device, non_blocking=True))
-    with torch.autocast(device_type=device.type, enabled=False):
+    return ctc_sum(logits, batch["labels"].to(device, non_blocking=True), frames, blank)
+
+
+def ctc_sum(logits: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, blank: int) -> torch.Tensor:
+    """CTC loss summed over a batch: log-softmax and CTC in fp32 (outside autocast), labels padded
+    with -100, `frames` the true output lengths; an impossible alignment counts zero."""
+    with torch.autocast(device_type=logits.device.type, enabled=False):
         log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-        return F.ctc_loss(log_probs, labels[labels >= 0], frames, label_lengths, blank=blank, reduction="sum",
-                          zero_infinity=True)
+        return F.ctc_loss(log_probs, labels[labels >= 0], frames, (labels >= 0).sum(-1), blank=blank,
+                          reduction="sum", zero_infinity=True)
 
 
 @dataclass
@@ -385,6 +410,14 @@ class LogWindow:
         return record
 
 
+def progress_line(record: dict, max_steps: int, to_go: str) -> str:
+    """One plain line per logging step, for log files (no carriage returns)."""
+    return (f"update {record['update']}/{max_steps} (epoch {record['epoch']}): loss {record['loss']:.4f}, "
+            f"lr {record['lr']:.3g}, grad norm {record['grad_norm']:.3g}, "
+            f"{record['audio_seconds_per_second']:.1f} audio-s/s, padding {record['padding_percent']:.1f}%, "
+            f"loader wait {record['loader_wait_seconds']:.2f} s, ETA {to_go}")
+
+
 def write_record(handle, record: dict, accelerator: Accelerator) -> None:
     if handle is not None:
         handle.write(json.dumps(record) + "\n")
@@ -397,6 +430,7 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
     what could not be scored (damaged shards or members), by reason."""
     model.eval()
     counts, examples = ErrorCounts(), []
+    loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # CTC loss sum, labels
     inverse = vocab.decoding_table()
     with torch.no_grad():
         for batch in loader:
@@ -408,18 +442,22 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
                 continue
             frames = accelerator.unwrap_model(model).output_lengths(batch["input_lengths"].to(device))
             hyps = greedy_decode(logits.float().cpu().numpy(), inverse, vocab.pad_id, frames.cpu().numpy())
+            labels = torch.from_numpy(pad_labels([vocab.encode(t) for t in batch["texts"]])).to(device)
+            loss += torch.stack([ctc_sum(logits, labels, frames, vocab.pad_id).double(), (labels >= 0).sum().double()])
             refs = [vocab.normalizer(t) for t in batch["texts"]]
             counts = counts + ErrorCounts.of(refs, hyps)
             examples += list(zip(refs, hyps, strict=True))[: max(0, n_examples - len(examples))]
     total = accelerator.gather(torch.tensor([counts.as_list()], device=accelerator.device))
     total = ErrorCounts(*total.sum(0).tolist())
+    loss_sum, labels_total = accelerator.reduce(loss, "sum").tolist()
     excluded: Counter = Counter()
     for drops in gather_object([loader.diagnostics()["drops"]]):
         excluded.update(drops)
     for ref, hyp in examples:
         accelerator.print(f"  ref: {ref}\n  hyp: {hyp}")
     model.train()
-    return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_utterances": total.utterances,
+    return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_loss": loss_sum / max(labels_total, 1),
+            "eval_utterances": total.utterances,
             "eval_empty_references": total.empty_references, "eval_excluded": dict(excluded)}
 
 

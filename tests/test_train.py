@@ -402,3 +402,50 @@ def test_sigterm_to_the_one_process_launcher_still_checkpoints(cv_shards, tmp_pa
     while not (out / "checkpoints" / "step-3").is_dir() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-3"]
+
+
+# --- runs you can follow: trackers and log files ---------------------------------------------------
+
+
+def test_tensorboard_gets_every_logging_step_and_goes_on_after_a_resume(cv_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    shards, _ = cv_shards
+    out = tmp_path / "tb"
+    args = [*CONSTANT, "--report_to", "tensorboard", "--logging_steps", "1", "--eval_shards", str(shards),
+            "--eval_steps", "3"]
+    first = train_directly(out, shards, *args, "--max_steps", "3")
+    assert first.returncode == 0 and f"logging to tensorboard: {out / 'w2v'}" in first.stdout, first.stderr[-2000:]
+    assert train_directly(out, shards, *args, "--max_steps", "5", "--resume_from_checkpoint", "latest").returncode == 0
+    events = EventAccumulator(str(out / "w2v"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5]  # the update counter goes on
+    assert [e.step for e in events.Scalars("eval_wer")] == [3, 5] and events.Scalars("eval_loss")
+    assert {"lr", "grad_norm", "audio_seconds_per_second", "padding_percent", "loader_wait_seconds",
+            "skipped_nonfinite"} <= set(events.Tags()["scalars"])
+
+
+def test_a_tracker_that_cannot_start_stops_the_run(cv_shards, tmp_path):
+    import importlib.util
+
+    shards, _ = cv_shards
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here: the missing-package case needs a tracker that is not")
+    missing = train_directly(tmp_path / "a", shards, "--report_to", "tensorboard,wandb")
+    assert missing.returncode == 2 and "pip install 'w2v[wandb]'" in missing.stderr, missing.stderr[-2000:]
+    assert not (tmp_path / "a" / "vocab.json").exists()  # before any data was read
+    unknown = train_directly(tmp_path / "b", shards, "--report_to", "tensorbored")
+    assert unknown.returncode == 2 and "choose none, all, or a comma list" in unknown.stderr
+
+
+def test_logs_written_to_a_file_have_one_line_per_logging_step(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    proc = launch(tmp_path / "log", shards, "--max_steps", "6", "--logging_steps", "2", "--max_batch_size", "2",
+                  procs=2)  # stdout and stderr are pipes here, as on a cluster
+    assert "\r" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("update ")]
+    assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"] and "ETA" in lines[0]
+    as_json = train_directly(tmp_path / "json", shards, "--max_steps", "2", "--logging_steps", "1",
+                             "--log_format", "json")
+    records_printed = [json.loads(line) for line in as_json.stdout.splitlines() if line.startswith("{")]
+    assert [r["update"] for r in records_printed] == [1, 2] and "\r" not in as_json.stderr

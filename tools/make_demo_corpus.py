@@ -21,8 +21,7 @@ import re
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
+from w2v.progress import Progress
 from w2v.synth import speak
 
 FORTUNES = Path("/usr/share/games/fortunes")
@@ -99,8 +98,8 @@ def main(argv=None) -> int:
             if not (out / "clips" / clip).is_file():
                 jobs.append((text, str(out / "clips" / clip), voice, rng.randrange(140, 191)))
     with mp.get_context("fork").Pool(args.workers) as pool:
-        for _ in tqdm(pool.imap_unordered(synth_one, jobs, chunksize=8), total=len(jobs), desc="espeak-ng",
-                      unit="utt"):
+        for _ in Progress(pool.imap_unordered(synth_one, jobs, chunksize=8), total=len(jobs), desc="espeak-ng",
+                          unit="utt"):
             pass
     for name, split_rows in rows.items():
         write_split(out, name, split_rows)

@@ -95,7 +95,10 @@ class TrainConfig:
         "help": "signals that stop the run after the update in progress, with a checkpoint (none: off)"})
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "a fresh run into a folder that holds another run's checkpoints and metrics: replace them"})
-    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | … (when installed)"})
+    log_format: str = field(default="text", metadata={
+        "help": "text (a bar on a terminal, one line per logging step in a file) | json (each record a line)"})
+    report_to: str = field(default="none", metadata={
+        "help": "none | all (every installed tracker) | a comma list of tensorboard, wandb"})
     num_eval_examples: int = 3
     # YAML only (init=False keeps them off the command line): Wav2Vec2Config fields for a model
     # from scratch, and text replacements [[old, new], …] applied before normalisation

@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import Wav2Vec2ForCTC
 
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
 from w2v.metrics import ErrorCounts
 from w2v.model import wants_attention_mask
+from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 from w2v.text import TextNormalizer, Vocabulary
 
 
@@ -46,10 +46,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--errors", default=None, help="per-utterance errors (JSONL)")
     p.add_argument("--worst", type=int, default=5, help="print the N worst utterances")
+    p.add_argument("--log-interval-seconds", "--log_interval_seconds", type=float, default=LOG_INTERVAL_SECONDS,
+                   help="when stderr is not a terminal: a progress line at most this often")
     return p.parse_args(argv)
 
 
-def acoustic_outputs(model_dir: Path, shards: str, index: str | None, max_batch_seconds: float):
+def acoustic_outputs(model_dir: Path, shards: str, index: str | None, max_batch_seconds: float,
+                     log_interval: float = LOG_INTERVAL_SECONDS):
     """Log-probabilities per utterance ([T_i, V] float32), keys, texts, audio seconds, model seconds,
     and the loader: every utterance of the index is scored (LoaderConfig.evaluation, the rule
     train.py's evaluation follows too), except what damaged data makes unreadable (its drops)."""
@@ -58,7 +61,7 @@ def acoustic_outputs(model_dir: Path, shards: str, index: str | None, max_batch_
                           index=index)
     outputs, keys, texts, audio, compute = [], [], [], 0.0, 0.0
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="acoustic model", unit="batch"):
+        for batch in Progress(loader, desc="acoustic model", unit="batch", interval=log_interval):
             if batch["empty"]:
                 continue
             start = time.perf_counter()
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
         print(f"error: --lm {args.lm}: {exc}", file=sys.stderr)
         return 2
     log_probs, keys, texts, audio, compute, loader = acoustic_outputs(model_dir, args.shards, args.index,
-                                                                      args.max_batch_seconds)
+                                                                      args.max_batch_seconds, args.log_interval_seconds)
     refs = [vocab.normalizer(t) for t in texts]
     unknown = vocab.unknown_chars(texts)
     if unknown:  # the model cannot emit these: each one is an error
@@ -117,7 +120,8 @@ def main(argv=None) -> int:
         with BeamDecoder(labels, lm_file, load_unigrams(lm_file), points[0][0], points[0][1], args.beam_width,
                          processes=args.workers or os.cpu_count() or 1) as decoder:
             print(f"LM: {decoder.describe()}")
-            for alpha, beta in tqdm(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1):
+            for alpha, beta in Progress(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1,
+                                        interval=args.log_interval_seconds):
                 decoder.set_weights(alpha, beta)
                 start = time.perf_counter()
                 hyps = decoder.decode_batch(log_probs)

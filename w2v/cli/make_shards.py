@@ -14,6 +14,7 @@ import sys
 from w2v.data.audio import CODECS, RESAMPLERS
 from w2v.data.corpus import FORMATS, CorpusError, open_corpus
 from w2v.data.sharding import ShardOptions, make_shards
+from w2v.progress import LOG_INTERVAL_SECONDS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-duration", type=float, default=None, help="skip utterances longer than this (s)")
     p.add_argument("--overwrite", action="store_true", help="replace shards in a non-empty output folder")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--log-interval-seconds", "--log_interval_seconds", type=float, default=LOG_INTERVAL_SECONDS,
+                   help="when stderr is not a terminal: a progress line at most this often")
     return p.parse_args(argv)
 
 
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{corpus.format} corpus at {args.src} → {args.out} ({opts.workers} workers, {opts.codec}, "
           f"{opts.resampler})", file=sys.stderr)
     try:
-        summary = make_shards(corpus, args.out, opts, args.name, args.overwrite, progress=not args.no_progress)
+        summary = make_shards(corpus, args.out, opts, args.name, args.overwrite, progress=not args.no_progress,
+                              log_interval=args.log_interval_seconds)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

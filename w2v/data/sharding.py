@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from w2v.atomic import TMP_SUFFIX, AtomicFile
 from w2v.data import audio
 from w2v.data.corpus import Corpus, Utterance
 from w2v.data.index import INDEX_NAME, SKIPPED_NAME
 from w2v.data.writer import ShardWriter, write_index
+from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 
 # Anything shorter than this after decoding is a truncated or broken file, not speech: wav2vec2's
 # conv stack needs 400 samples (25 ms) for a single frame, and no transcript fits in 0.1 s.
@@ -202,7 +202,8 @@ class ShardSummary:
 
 
 def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | None = None,
-                overwrite: bool = False, progress: bool = True) -> ShardSummary:
+                overwrite: bool = False, progress: bool = True,
+                log_interval: float = LOG_INTERVAL_SECONDS) -> ShardSummary:
     """Shard a corpus into `out`; returns the summary. inputs = written + skipped, always."""
     out = Path(out)
     prepare_out_dir(out, overwrite)
@@ -211,7 +212,7 @@ def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | Non
     skipped: Counter = Counter()
     written, seconds, start = 0, 0.0, time.perf_counter()
     skip_log = AtomicFile(out / SKIPPED_NAME)
-    bar = tqdm(total=corpus.count(), unit="utt", disable=not progress, desc="sharding", smoothing=0.05)
+    bar = Progress(total=corpus.count(), unit="utt", disable=not progress, desc="sharding", interval=log_interval)
     try:
         for item in prepared_in_order(corpus, opts):
             if item.reason:
