@@ -30,6 +30,7 @@ import torch
 
 from w2v.data import audio
 from w2v.data.corpus import open_corpus
+from w2v.data.parts import Part, merge_parts
 from w2v.data.sharding import ShardOptions, make_shards
 from w2v.synth import speak
 
@@ -93,6 +94,26 @@ def tool_rate(manifest: Path, workers: int, out: Path) -> float:
     summary = make_shards(open_corpus(manifest), out, ShardOptions(workers=workers), overwrite=True,
                           progress=False)
     return summary.audio_seconds_per_second
+
+
+def bench_parts(work: Path, minutes: float, parts: int) -> dict:
+    """One run over the inputs against `parts` parts run one after another plus the merge: the cost
+    of splitting a corpus over machines (every part lists the whole corpus to find its range)."""
+    manifest = make_corpus(work, minutes, "wav")
+    corpus = open_corpus(manifest)
+    one = split = float("inf")
+    for _ in range(2):  # interleaved, best of 2
+        start = time.perf_counter()
+        make_shards(corpus, work / "whole", ShardOptions(workers=1), overwrite=True, progress=False)
+        one = min(one, time.perf_counter() - start)
+        shutil.rmtree(work / "parts", ignore_errors=True)
+        start = time.perf_counter()
+        for k in range(parts):
+            make_shards(corpus, work / "parts", ShardOptions(workers=1), prefix="parts", progress=False,
+                        part=Part(k, parts))
+        merge_parts(work / "parts")
+        split = min(split, time.perf_counter() - start)
+    return {"one_run_seconds": one, "parts_and_merge_seconds": split, "parts": parts, "overhead": split / one - 1}
 
 
 def bench_end_to_end(work: Path, minutes: float) -> dict:
@@ -166,9 +187,20 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=20, help="minutes of audio per input format")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "w2v-bench-shard"))
     p.add_argument("--json", default=None)
+    p.add_argument("--parts", type=int, default=4, help="parts for the split-and-merge comparison")
+    p.add_argument("--only-parts", action="store_true", help="only the split-and-merge comparison")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    parts = bench_parts(work, args.minutes, args.parts)
+    print(f"\nOne run against {parts['parts']} parts + merge (wav, 1 worker, {args.minutes:g} min): "
+          f"{parts['one_run_seconds']:.1f} s against {parts['parts_and_merge_seconds']:.1f} s "
+          f"({100 * parts['overhead']:+.1f}%)")
+    if args.only_parts:
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"parts": parts, "minutes": args.minutes}, indent=2))
+        return 0
     e2e = bench_end_to_end(work, args.minutes)
     print(f"\nEnd to end, 48 kHz mono → 16 kHz FLAC shards, audio-seconds per second ({args.minutes:g} min):")
     print(f"{'input':6} {'floor (1 core)':>15} {'tool 1 worker':>14} {'tool/floor':>11} {'2 workers':>10} {'scaling':>8}")
@@ -186,7 +218,7 @@ def main() -> int:
     for name, r in codecs.items():
         print(f"{name:6} {r['bytes_per_audio_second'] / 1000:15.1f} {r['encode_audio_seconds_per_second']:17.0f} "
               f"{r['decode_audio_seconds_per_second']:17.0f}")
-    result = {"end_to_end": e2e, "resamplers": res, "codecs": codecs, "minutes": args.minutes,
+    result = {"end_to_end": e2e, "resamplers": res, "codecs": codecs, "parts": parts, "minutes": args.minutes,
               "cpu_count": os.cpu_count()}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,9 @@ import csv
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import soxr
 import webdataset as wds
 
 from tests import corpora
-from tests.conftest import run_tool
+from tests.conftest import ROOT, run_tool
 from w2v.data.corpus import open_corpus
 from w2v.data.sharding import ShardOptions, make_shards
 
@@ -302,3 +305,69 @@ def test_segment_bounds_that_are_not_numbers_are_bad_segments(tmp_path):
     utts = list(open_corpus(manifest).utterances())
     assert [u.problem for u in utts] == ["bad_segment"] * 4 + [None]
     assert utts[-1].span is None and utts[-1].meta["duration"] == 3.5
+
+
+# --- one corpus, many machines: parts and a merge ---------------------------------------------------
+
+
+def make_part(src: Path, out: Path, k: int, n: int = 3, **env: str) -> subprocess.Popen:
+    args = [sys.executable, str(ROOT / "tools" / "make_shards.py"), str(src), "--out", str(out),
+            "--max-shard-samples", "2", "--workers", "1", *([] if env else ["--num-parts", str(n), "--part", str(k)])]
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})
+
+
+def test_parts_run_concurrently_and_merge_into_one_run(commonvoice, tmp_path):
+    src, expected = commonvoice
+    tsv = src / "train.tsv"
+    single = tmp_path / "single"
+    run_tool("make_shards.py", tsv, "--out", single, "--max-shard-samples", "2", check=True)
+    out = tmp_path / "parts"
+    parts = [make_part(tsv, out, k) for k in range(3)]  # three machines at once
+    assert [p.wait(timeout=300) for p in parts] == [0, 0, 0], [p.stderr.read() for p in parts]
+    early = run_tool("merge_shards.py", out)  # nothing missing: it merges
+    assert early.returncode == 0 and "inputs 12 = written 6 + skipped 6" in early.stdout, early.stderr
+    index = check_shards(out, expected)  # every sample and skip of the corpus, inputs = written + skipped
+    assert index["parts"] == 3 and all("-p0000" in s["name"] for s in index["shards"])
+    got, want = read_back(out), read_back(single)
+    assert sorted(got) == sorted(want)
+    for key, (wave, _sr, meta, _) in got.items():  # the same audio and metadata as one machine's run
+        assert np.array_equal(wave, want[key][0]) and meta == want[key][2]
+    assert skipped_lines(out) == skipped_lines(single)
+    # the merged folder is a shard folder like any other: the loader reads it, training runs on it
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+                           "--train_shards", str(out), "--output_dir", str(tmp_path / "train"), "--max_steps", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_missing_part_stops_the_merge_and_a_part_reruns_alone(commonvoice, tmp_path):
+    src, _ = commonvoice
+    tsv, out = src / "train.tsv", tmp_path / "parts"
+    for k in (0, 2):
+        assert make_part(tsv, out, k).wait(timeout=300) == 0
+    merge = run_tool("merge_shards.py", out)
+    assert merge.returncode == 2 and "1 of 3 parts are missing or unfinished: 1" in merge.stderr
+    assert not (out / "index.json").exists() and not (out / "skipped.jsonl").exists()
+    other = make_part(tsv, out, 1, n=4)  # a part of another split
+    assert other.wait(timeout=300) == 2 and "num_parts: the plan has 3, this part 4" in other.stderr.read()
+    # part 1 from the SLURM array's variables, then part 2 again after a "crash" (its marker gone)
+    slurm = make_part(tsv, out, 0, SLURM_ARRAY_TASK_ID="11", SLURM_ARRAY_TASK_MIN="10", SLURM_ARRAY_TASK_COUNT="3")
+    assert slurm.wait(timeout=300) == 0 and "part 1 of 3 done" in slurm.stdout.read()
+    k = next(k for k in (0, 2) if list(out.glob(f"*-p{k:05d}-*.tar")))  # a part that wrote shards
+    before = sorted(p.name for p in out.glob(f"*-p{k:05d}-*.tar"))
+    (out / "parts" / f"p{k:05d}.done.json").unlink()
+    (out / before[0]).write_bytes(b"half a shard")
+    assert run_tool("merge_shards.py", out).returncode == 2
+    assert make_part(tsv, out, k).wait(timeout=300) == 0
+    assert sorted(p.name for p in out.glob(f"*-p{k:05d}-*.tar")) == before  # replaced, not added to
+    assert run_tool("merge_shards.py", out).returncode == 0
+    assert sum(1 for _ in read_back(out)) == 6
+
+
+def test_dry_run_prints_the_parts(commonvoice):
+    src, _ = commonvoice
+    proc = run_tool("make_shards.py", src / "train.tsv", "--out", "/nonexistent/never", "--num-parts", "2",
+                    "--part", "0", "--dry-run", check=True)
+    assert "12 inputs in 2 parts" in proc.stdout and "part 1: inputs 6..11, 6 inputs" in proc.stdout
+    assert not Path("/nonexistent/never").exists()

@@ -13,7 +13,8 @@ import sys
 
 from w2v.data.audio import CODECS, RESAMPLERS
 from w2v.data.corpus import FORMATS, CorpusError, open_corpus
-from w2v.data.sharding import ShardOptions, make_shards
+from w2v.data.parts import Part, PartsError, part_from_environment
+from w2v.data.sharding import ShardOptions, make_shards, utterance_seconds
 from w2v.progress import LOG_INTERVAL_SECONDS
 
 
@@ -33,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-duration", type=float, default=None, help="skip utterances shorter than this (s)")
     p.add_argument("--max-duration", type=float, default=None, help="skip utterances longer than this (s)")
     p.add_argument("--overwrite", action="store_true", help="replace shards in a non-empty output folder")
+    p.add_argument("--num-parts", type=int, default=None,
+                   help="split the inputs into this many parts, one per machine (then w2v-merge-shards DIR)")
+    p.add_argument("--part", type=int, default=None, help="which part this run shards (0..N-1); default: "
+                   "SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN, or JOB_COMPLETION_INDEX")
+    p.add_argument("--dry-run", action="store_true", help="print the parts (inputs and hours each) and stop")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--log-interval-seconds", "--log_interval_seconds", type=float, default=LOG_INTERVAL_SECONDS,
                    help="when stderr is not a terminal: a progress line at most this often")
@@ -48,9 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         args.workers = 1  # one process owns the GPU; it is not the bottleneck there
     try:
         corpus = open_corpus(args.src, args.format, args.split)
-    except CorpusError as exc:
+        part = part_from_environment(args.num_parts, args.part)
+    except (CorpusError, PartsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print_plan(corpus, args.num_parts or (part.count if part else 1))
+        return 0
     opts = ShardOptions(codec=args.codec, resampler=args.resampler, device=args.device,
                         min_duration=args.min_duration, max_duration=args.max_duration,
                         max_shard_bytes=int(args.max_shard_bytes), max_shard_samples=args.max_shard_samples,
@@ -59,12 +69,29 @@ def main(argv: list[str] | None = None) -> int:
           f"{opts.resampler})", file=sys.stderr)
     try:
         summary = make_shards(corpus, args.out, opts, args.name, args.overwrite, progress=not args.no_progress,
-                              log_interval=args.log_interval_seconds)
-    except FileExistsError as exc:
+                              log_interval=args.log_interval_seconds, part=part)
+    except (FileExistsError, PartsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary.text())
-    if summary.skipped:
+    if part is not None:
+        print(f"part {part.index} of {part.count} done; when all are: w2v-merge-shards {args.out}")
+    elif summary.skipped:
         print(f"skipped inputs and reasons: {os.path.join(args.out, 'skipped.jsonl')}")
     return 0
+
+
+def print_plan(corpus, num_parts: int) -> None:
+    """The parts a split would give: inputs and hours of audio per part (read from the headers)."""
+    inputs = corpus.count()
+    seconds = [0.0] * num_parts
+    parts = [Part(k, num_parts) for k in range(num_parts)]
+    bounds = [p.range(inputs) for p in parts]
+    for position, utt in enumerate(corpus.utterances()):
+        k = next(i for i, (start, end) in enumerate(bounds) if position >= start and (end is None or position < end))
+        seconds[k] += utterance_seconds(utt)
+    print(f"{inputs} inputs in {num_parts} parts (contiguous ranges of the listed order):")
+    for part, (start, end), total in zip(parts, bounds, seconds, strict=True):
+        print(f"  part {part.index}: inputs {start}..{(end if end is not None else inputs) - 1}, "
+              f"{(end if end is not None else inputs) - start} inputs, {total / 3600:.2f} h")
 

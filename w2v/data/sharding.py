@@ -14,14 +14,17 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from w2v.atomic import TMP_SUFFIX, AtomicFile
 from w2v.data import audio
 from w2v.data.corpus import Corpus, Utterance
 from w2v.data.index import INDEX_NAME, SKIPPED_NAME
+from w2v.data.parts import PARTS_DIR, PLAN_NAME, Part, clear_part, mark_done, part_files, record_plan
 from w2v.data.writer import ShardWriter, write_index
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 
@@ -89,6 +92,19 @@ def _cut(data: np.ndarray, sr: int, span: tuple[float, float | None]) -> np.ndar
     return data[round(start * sr):min(round(end * sr), len(data))]
 
 
+def utterance_seconds(utt: Utterance) -> float:
+    """An input's length from its file header (or its span), without decoding; 0 if unreadable."""
+    if utt.problem or utt.audio is None:
+        return 0.0
+    if utt.span is not None and utt.span[1] is not None:
+        return utt.span[1] - utt.span[0]
+    try:
+        info = sf.info(str(utt.audio))
+    except Exception:  # noqa: BLE001 (an unreadable file is the sharder's to report)
+        return 0.0
+    return info.frames / info.samplerate - (utt.span[0] if utt.span else 0.0)
+
+
 def prepare(utt: Utterance, opts: ShardOptions, recording: DecodedRecording | None = None) -> Prepared:
     """Decode, downmix, resample and encode one utterance (a segment: its span only, resampled once
     from the recording's rate), or say why it is skipped."""
@@ -146,18 +162,18 @@ def _chunks(items: Iterator[Utterance], size: int) -> Iterator[list[Utterance]]:
         yield chunk
 
 
-def prepared_in_order(corpus: Corpus, opts: ShardOptions) -> Iterator[Prepared]:
-    """Prepared utterances in corpus order, computed by `opts.workers` processes."""
+def prepared_in_order(utterances: Iterator[Utterance], opts: ShardOptions) -> Iterator[Prepared]:
+    """Prepared utterances in their order, computed by `opts.workers` processes."""
     if opts.workers <= 1:  # inline: no IPC, and an honest one-core measurement
         recording = DecodedRecording()
-        for utt in corpus.utterances():
+        for utt in utterances:
             yield prepare(utt, opts, recording)
         return
     # fork: the workers inherit imported modules, so start-up costs milliseconds.
     ctx = mp.get_context("fork")
     with ctx.Pool(opts.workers) as pool:
         pending: deque = deque()
-        for chunk in _chunks(corpus.utterances(), CHUNK):
+        for chunk in _chunks(utterances, CHUNK):
             pending.append(pool.apply_async(_prepare_chunk, ((chunk, opts),)))
             if len(pending) >= 2 * opts.workers:  # backpressure keeps memory bounded
                 yield from pending.popleft().get()
@@ -173,7 +189,8 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(f"{out} is not empty: pass --overwrite to replace its shards")
         for path in out.iterdir():
-            if path.suffix == ".tar" or path.name.endswith(TMP_SUFFIX) or path.name in (INDEX_NAME, SKIPPED_NAME):
+            ours = (INDEX_NAME, SKIPPED_NAME, PARTS_DIR, PLAN_NAME)  # a parts run's files too
+            if path.suffix == ".tar" or path.name.endswith(TMP_SUFFIX) or path.name in ours:
                 path.unlink() if path.is_file() else shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -203,18 +220,40 @@ class ShardSummary:
 
 def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | None = None,
                 overwrite: bool = False, progress: bool = True,
-                log_interval: float = LOG_INTERVAL_SECONDS) -> ShardSummary:
-    """Shard a corpus into `out`; returns the summary. inputs = written + skipped, always."""
+                log_interval: float = LOG_INTERVAL_SECONDS, part: Part | None = None) -> ShardSummary:
+    """Shard a corpus into `out`; returns the summary. inputs = written + skipped, always.
+
+    With `part` (K of N, w2v.data.parts) only the K-th contiguous range of the inputs, with shard
+    names of its own and its index, skipped list and completion marker under `out/parts/`; the
+    folder is shared with the other parts, and running a part again replaces that part alone.
+    """
     out = Path(out)
-    prepare_out_dir(out, overwrite)
     prefix = prefix or out.resolve().name
-    writer = ShardWriter(out, prefix, opts.max_shard_bytes, opts.max_shard_samples)
+    inputs = corpus.count()
+    utterances: Iterator[Utterance] = corpus.utterances()
+    if part is None:
+        prepare_out_dir(out, overwrite)
+        index_path, skipped_path, shard_prefix = out / INDEX_NAME, out / SKIPPED_NAME, prefix
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        settings = {k: v for k, v in asdict(opts).items() if k != "workers"}  # workers do not change output
+        record_plan(out, part, {"num_parts": part.count, "inputs": inputs, "prefix": prefix,
+                                "source": corpus.describe(), "options": settings})
+        clear_part(out, prefix, part)
+        (out / PARTS_DIR).mkdir(exist_ok=True)
+        files = part_files(out, part)
+        index_path, skipped_path, shard_prefix = files["index"], files["skipped"], f"{prefix}-{part.tag}"
+        start, end = part.range(inputs)
+        utterances = islice(utterances, start, end)
+        inputs = (end if end is not None else inputs) - start
+    writer = ShardWriter(out, shard_prefix, opts.max_shard_bytes, opts.max_shard_samples)
     skipped: Counter = Counter()
-    written, seconds, start = 0, 0.0, time.perf_counter()
-    skip_log = AtomicFile(out / SKIPPED_NAME)
-    bar = Progress(total=corpus.count(), unit="utt", disable=not progress, desc="sharding", interval=log_interval)
+    written, seconds, started = 0, 0.0, time.perf_counter()
+    skip_log = AtomicFile(skipped_path)
+    bar = Progress(total=inputs, unit="utt", disable=not progress, desc="sharding" if part is None else
+                   f"sharding part {part.index}/{part.count}", interval=log_interval)
     try:
-        for item in prepared_in_order(corpus, opts):
+        for item in prepared_in_order(utterances, opts):
             if item.reason:
                 skipped[item.reason] += 1
                 skip_log.file.write((json.dumps({"key": item.key, "source": item.source, "reason": item.reason,
@@ -225,7 +264,7 @@ def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | Non
                 seconds += item.meta["duration"]
             bar.update(1)
             if bar.n % 64 == 0:
-                bar.set_postfix(written=written, skipped=sum(skipped.values()), refresh=False)
+                bar.set_postfix(written=written, skipped=sum(skipped.values()))
         writer.close_shard()
     except BaseException:
         writer.abort()
@@ -235,13 +274,16 @@ def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | Non
         bar.close()
     skip_log.commit()
     summary = ShardSummary(written + sum(skipped.values()), written, dict(skipped), seconds,
-                           time.perf_counter() - start, len(writer.records))
-    write_index(out, writer.records, {
+                           time.perf_counter() - started, len(writer.records))
+    options = asdict(opts) if part is None else {k: v for k, v in asdict(opts).items() if k != "workers"}
+    write_index(index_path, writer.records, {
         "name": prefix,
         "codec": opts.codec,
         "inputs": summary.inputs,
         "skipped": summary.skipped,
         "source": corpus.describe(),
-        "options": asdict(opts),
+        "options": options,
     })
+    if part is not None:  # last: the part is complete only now
+        mark_done(out, part, {"part": part.index, "inputs": summary.inputs, "written": written})
     return summary

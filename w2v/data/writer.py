@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from w2v.atomic import AtomicFile, write_atomic
-from w2v.data.index import FORMAT_TAG, INDEX_NAME, SAMPLE_RATE
+from w2v.data.index import FORMAT_TAG, SAMPLE_RATE
 
 
 @dataclass
@@ -98,7 +98,8 @@ class ShardWriter:
             self._tar, self._file = None, None
 
 
-def write_index(out_dir: Path, records: list[ShardRecord], extra: dict) -> dict:
+def write_index(path: Path, records: list[ShardRecord], extra: dict) -> dict:
+    """The index of these shards (`w2v-shards/1`), written atomically to `path`."""
     shards = [r.to_json() for r in records]
     index = {
         "format": FORMAT_TAG,
@@ -109,5 +110,5 @@ def write_index(out_dir: Path, records: list[ShardRecord], extra: dict) -> dict:
         **extra,
         "shards": shards,
     }
-    write_atomic(out_dir / INDEX_NAME, json.dumps(index, ensure_ascii=False).encode("utf-8"))
+    write_atomic(path, json.dumps(index, ensure_ascii=False).encode("utf-8"))
     return index
