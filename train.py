@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import transformers
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import gather_object, set_seed
 
@@ -70,6 +71,8 @@ def main(cfg: TrainConfig) -> None:
     say = accelerator.print  # progress and reports from rank 0 only; warnings from every rank, labelled
     logging.basicConfig(level=logging.WARNING, force=True,
                         format=f"[rank {accelerator.process_index}] %(levelname)s %(name)s: %(message)s")
+    if not on_terminal():  # transformers' own bars (saving a model) would put carriage returns in the log
+        transformers.utils.logging.disable_progress_bar()
     out = Path(cfg.output_dir)
     ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)  # None: a fresh run
     if main_proc:

@@ -102,17 +102,25 @@ def bench_parts(work: Path, minutes: float, parts: int) -> dict:
     manifest = make_corpus(work, minutes, "wav")
     corpus = open_corpus(manifest)
     one = split = float("inf")
-    for _ in range(2):  # interleaved, best of 2
+
+    def whole() -> float:
         start = time.perf_counter()
         make_shards(corpus, work / "whole", ShardOptions(workers=1), overwrite=True, progress=False)
-        one = min(one, time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    def in_parts() -> float:
         shutil.rmtree(work / "parts", ignore_errors=True)
         start = time.perf_counter()
         for k in range(parts):
             make_shards(corpus, work / "parts", ShardOptions(workers=1), prefix="parts", progress=False,
                         part=Part(k, parts))
         merge_parts(work / "parts")
-        split = min(split, time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    for round_ in range(4):  # interleaved, the order alternating, best of 4 each
+        first, second = (whole, in_parts) if round_ % 2 == 0 else (in_parts, whole)
+        times = {first: first(), second: second()}
+        one, split = min(one, times[whole]), min(split, times[in_parts])
     return {"one_run_seconds": one, "parts_and_merge_seconds": split, "parts": parts, "overhead": split / one - 1}
 
 

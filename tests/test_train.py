@@ -446,6 +446,7 @@ def test_logs_written_to_a_file_have_one_line_per_logging_step(cv_shards, tmp_pa
     lines = [line for line in proc.stdout.splitlines() if line.startswith("update ")]
     assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"] and "ETA" in lines[0]
     as_json = train_directly(tmp_path / "json", shards, "--max_steps", "2", "--logging_steps", "1",
-                             "--log_format", "json")
+                             "--log_format", "json")  # one process, saving its model: no bar of transformers'
+    assert "\r" not in as_json.stdout + as_json.stderr
     records_printed = [json.loads(line) for line in as_json.stdout.splitlines() if line.startswith("{")]
     assert [r["update"] for r in records_printed] == [1, 2] and "\r" not in as_json.stderr
