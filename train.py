@@ -24,11 +24,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
 from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
@@ -74,7 +75,9 @@ def main(cfg: TrainConfig) -> None:
     if not on_terminal():  # transformers' own bars (saving a model) would put carriage returns in the log
         transformers.utils.logging.disable_progress_bar()
     out = Path(cfg.output_dir)
-    ckpt = find_checkpoint(out, cfg.resume_from_checkpoint)  # None: a fresh run
+    # rank 0 decides (a shared file system may show the others another listing), every rank follows
+    ckpt = broadcast_object_list([find_checkpoint(out, cfg.resume_from_checkpoint) if main_proc else None])[0]
+    saved = json.loads((ckpt / "trainer_state.json").read_text()) if ckpt is not None else {}
     if main_proc:
         prepare_output_dir(out, ckpt, cfg, say)
         out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +131,8 @@ def main(cfg: TrainConfig) -> None:
     if eval_loader is not None:
         report_unknown("evaluation", vocab, [t for s in eval_loader.table.shards for t in s.texts], say)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
-    max_steps = cfg.max_steps or math.ceil(cfg.num_train_epochs * updates_per_epoch)
+    # a resumed run keeps its length and warm-up (an elastic resume has other epochs), unless asked
+    max_steps = cfg.max_steps or saved.get("max_steps") or math.ceil(cfg.num_train_epochs * updates_per_epoch)
     say(f"train: {len(train_loader.table)} utterances, {len(train_loader)} batches per epoch and rank, "
         f"{updates_per_epoch} updates per epoch, {max_steps} updates; planned padding "
         f"{100 * train_loader.padding_fraction():.1f}%; dropped at plan: {train_loader.drops_at_plan() or 'none'}")
@@ -142,7 +146,8 @@ def main(cfg: TrainConfig) -> None:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
                                   fused=torch.cuda.is_available())  # one kernel per step on a GPU
-    warmup = cfg.warmup_steps or int(cfg.warmup_ratio * max_steps)
+    warmup = cfg.warmup_steps or (saved["warmup_steps"] if "warmup_steps" in saved and not cfg.max_steps
+                                  else int(cfg.warmup_ratio * max_steps))
     # Not passed to prepare(): an AcceleratedScheduler would step once per process; ours steps
     # exactly once per optimizer update that really happened.
     scheduler = make_scheduler(optimizer, cfg.lr_scheduler_type, max_steps, warmup, cfg.hold_ratio, cfg.final_lr_scale)
@@ -190,7 +195,7 @@ def main(cfg: TrainConfig) -> None:
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
             write_record(metrics_file, record, accelerator)
             if cfg.log_format == "json":
-                say(json.dumps(record))
+                say(json.dumps(finite(record)))
             elif not on_terminal():
                 say(progress_line(record, max_steps, eta(update - start_update, max_steps - start_update,
                                                          time.monotonic() - started)))
@@ -200,7 +205,8 @@ def main(cfg: TrainConfig) -> None:
             say(f"\nupdate {update}: eval WER {100 * record['eval_wer']:.2f}%  CER {100 * record['eval_cer']:.2f}% "
                 f"over {record['eval_utterances']} utterances; not scored: {record['eval_excluded'] or 'none'}")
         if update % cfg.save_steps == 0 or update == max_steps or step.stop:  # the last too: it can go on
-            save_checkpoint(accelerator, out, update, cfg, train_loader, counters, vocab_file)
+            save_checkpoint(accelerator, out, update, cfg, train_loader, counters, vocab_file,
+                            {"max_steps": max_steps, "warmup_steps": warmup})
         if step.stop:  # every rank agreed in optimizer_step: they all leave after the same update
             bar.close()
             say(f"stopped by {preemption.received or 'a signal on another rank'} after update {update}: "
@@ -421,9 +427,14 @@ def progress_line(record: dict, max_steps: int, to_go: str) -> str:
             f"loader wait {record['loader_wait_seconds']:.2f} s, ETA {to_go}")
 
 
+def finite(record: dict) -> dict:
+    """NaN/inf (a skipped update's grad norm) as null: strict JSON readers refuse NaN."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
 def write_record(handle, record: dict, accelerator: Accelerator) -> None:
     if handle is not None:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(json.dumps(finite(record)) + "\n")
         handle.flush()
     accelerator.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["update"])
 
@@ -476,7 +487,7 @@ def save_final(model, processor, normalizer: TextNormalizer, out: Path) -> Path:
 
 
 def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: TrainConfig, loader: SpeechLoader,
-                    counters: dict, vocab_file: Path) -> None:
+                    counters: dict, vocab_file: Path, schedule: dict) -> None:
     """save_state into a temporary folder, renamed when complete: a crash never damages the last good one."""
     root = out / "checkpoints"
     # every rank writes into it (its own RNG and loader state), so the name is fixed, not random
@@ -491,7 +502,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: Train
     if accelerator.is_main_process:
         state = {"update": update, "counters": counters, "world_size": accelerator.num_processes,
                  "num_workers": loader.workers, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-                 "padded_seconds_per_update": padded_seconds_per_update(loader, cfg, accelerator),
+                 "padded_seconds_per_update": padded_seconds_per_update(loader, cfg, accelerator), **schedule,
                  "config": {k: getattr(cfg, k) for k in RESUME_MUST_MATCH}}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         shutil.copyfile(vocab_file, tmp / "vocab.json")
@@ -520,7 +531,7 @@ def resume(ckpt: Path, cfg: TrainConfig, accelerator: Accelerator, loader: Speec
     say(f"resumed from {ckpt} at update {update} (epoch {loader.epoch}, {how})")
     if how == "elastic":
         # per-rank RNG states no longer map one to one: reseed every rank from (seed, update, rank)
-        set_seed(cfg.seed + 1_000_003 * update + accelerator.process_index)
+        set_seed(int(np.random.SeedSequence([cfg.seed, update, accelerator.process_index]).generate_state(1)[0]))
         say(f"  {state['world_size']} ranks × {state.get('num_workers', '?')} workers then, "
             f"{accelerator.num_processes} × {loader.workers} now: the rest of the epoch is planned anew "
             f"over the samples not yet used; random states reseeded from (seed, update, rank)")

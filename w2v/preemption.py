@@ -33,7 +33,7 @@ class PreemptionSignal:
         for name in names:
             signal.signal(getattr(signal, name), self._handle)
         if names and "ACCELERATE_MIXED_PRECISION" in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ:
-            _signal_when_parent_dies(signal.SIGTERM)  # accelerate's one-process launcher forwards nothing
+            signal_when_parent_dies(signal.SIGTERM)  # accelerate's one-process launcher forwards nothing
 
     @property
     def requested(self) -> bool:
@@ -56,7 +56,7 @@ def parse_signals(spec: str) -> list[str]:
     return names
 
 
-def _signal_when_parent_dies(signum: int) -> None:
+def signal_when_parent_dies(signum: int) -> None:
     """Linux's PR_SET_PDEATHSIG; elsewhere nothing (the signal must then reach this process)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)

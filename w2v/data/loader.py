@@ -45,6 +45,7 @@ from w2v.data.plan import (
     remaining_samples,
 )
 from w2v.data.tar import tar_members
+from w2v.preemption import signal_when_parent_dies
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
     the process that owns them."""
     for name in ("SIGTERM", "SIGUSR1"):
         signal.signal(getattr(signal, name), signal.SIG_IGN)
+    signal_when_parent_dies(signal.SIGKILL)  # and a worker cannot outlive its process, stuck on a read
 
 
 class _EpochStream(torch.utils.data.IterableDataset):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,13 @@ def record_plan(out: Path, part: Part, plan: dict) -> dict:
     """The plan of DIR: written by the first part to come (exclusive create), checked by the others."""
     path = Path(out) / PLAN_NAME
     plan = {"format": PLAN_FORMAT, **plan}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    tmp.write_text(json.dumps(plan, indent=1, ensure_ascii=False), encoding="utf-8")
+    # a name of its own (parts on other machines may have the same pid), complete before it is linked
+    fd, name = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    tmp = Path(name)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(json.dumps(plan, indent=1, ensure_ascii=False).encode("utf-8"))
+        handle.flush()
+        os.fsync(handle.fileno())
     try:
         os.link(tmp, path)  # fails if another part recorded it first: then theirs is the plan
     except FileExistsError:

@@ -252,7 +252,7 @@ def remaining_samples(table: SampleTable, cfg: LoaderConfig, epoch: int, edges: 
     for part, earlier in enumerate(history):
         plans = plan_epoch(table, cfg, epoch, earlier["world_size"], earlier["num_workers"], edges, remaining, part)
         if remaining is None:
-            remaining = np.ones(len(table), dtype=bool)
+            remaining = table.kept()  # what the filters drop is never to come
         remaining[consumed_samples(plans, earlier["consumed"])] = False
     return remaining
 
