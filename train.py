@@ -33,7 +33,8 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
 from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
-from w2v.data.index import resolve_shards
+from w2v.data.columns import select_shards
+from w2v.data.labels import char_counts
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.data.padding import pad_labels
 from w2v.lm.decode import greedy_decode
@@ -104,7 +105,7 @@ def main(cfg: TrainConfig) -> None:
             if cfg.vocab_path:  # with the special tokens its tokenizer files name
                 Vocabulary.load(cfg.vocab_path).save(vocab_file)
             elif not vocab_file.is_file() or ckpt is None:
-                Vocabulary.build(training_texts(cfg.train_shards, cfg.train_index), normalizer).save(vocab_file)
+                training_vocabulary(cfg.train_shards, cfg.train_index, normalizer).save(vocab_file)
     vocab = Vocabulary.load(vocab_file, normalizer)
     matched = normalizer.for_vocabulary(vocab)
     if matched is not normalizer:
@@ -129,7 +130,7 @@ def main(cfg: TrainConfig) -> None:
                                **ranks) if cfg.eval_shards else None
     report_unknown("training", vocab, texts_with_unknown(train_loader, vocab), say)
     if eval_loader is not None:
-        report_unknown("evaluation", vocab, [t for s in eval_loader.table.shards for t in s.texts], say)
+        report_unknown("evaluation", vocab, list(eval_loader.table.texts()), say)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     # a resumed run keeps its length and warm-up (an elastic resume has other epochs), unless asked
     max_steps = cfg.max_steps or saved.get("max_steps") or math.ceil(cfg.num_train_epochs * updates_per_epoch)
@@ -267,18 +268,22 @@ def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> Loader
         pin_memory=torch.cuda.is_available())
 
 
-def training_texts(spec: str, index: str | None) -> list[str]:
-    """Transcripts of the training shards, from their index (the loader's own spec resolution)."""
+def training_vocabulary(spec: str, index: str | None, normalizer: TextNormalizer) -> Vocabulary:
+    """Our vocabulary from the characters of the training transcripts, counted over the normalised
+    texts the columns cache (one pass, at C speed once they are cached)."""
     try:
-        return [t for shard in resolve_shards(spec, index) for t in shard.texts]
+        shards = select_shards(spec, index)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    counts: Counter = Counter()
+    for shard in shards:
+        counts.update(char_counts(shard.columns, normalizer, shard.start, shard.start + shard.size))
+    return Vocabulary.from_counts(counts, normalizer)
 
 
 def texts_with_unknown(loader: SpeechLoader, vocab: Vocabulary) -> list[str]:
     """The training transcripts whose labels hold [UNK] (found in the labels the loader made)."""
-    texts = [t for shard in loader.table.shards for t in shard.texts]
-    return [t for t, labels in zip(texts, loader.table.labels, strict=True) if (labels == vocab.unk_id).any()]
+    return [loader.table.text(int(i)) for i in loader.table.samples_with_label(vocab.unk_id)]
 
 
 def report_unknown(which: str, vocab: Vocabulary, texts: list[str], say) -> None:

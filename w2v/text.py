@@ -149,9 +149,13 @@ class Vocabulary:
         chars = Counter()
         for text in texts:
             chars.update(normalizer(text))
-        chars.pop(" ", None)
+        return cls.from_counts(chars, normalizer)
+
+    @classmethod
+    def from_counts(cls, chars: Counter, normalizer: TextNormalizer | None = None) -> Vocabulary:
+        """Ours, from the characters of the normalised texts (the space is the word delimiter)."""
         tokens = {PAD: 0, UNK: 1, WORD_DELIMITER: 2}
-        for ch in sorted(chars):
+        for ch in sorted(set(chars) - {" "}):
             if ch not in tokens:
                 tokens[ch] = len(tokens)
         return cls(tokens, normalizer)

@@ -74,7 +74,7 @@ def expand_spec(spec: str | Path | Sequence[str]) -> list[str]:
     if isinstance(spec, list | tuple):
         return [u for s in spec for u in expand_spec(s)]
     spec = str(spec)
-    if "," in spec and not is_remote(spec):
+    if "," in spec and not is_remote(spec) and not os.path.exists(spec):  # a path may hold a comma
         return [u for s in spec.split(",") if s for u in expand_spec(s)]
     if os.path.isdir(spec):
         return [str(Path(spec) / s["name"]) for s in read_index(spec)["shards"]]

@@ -31,9 +31,10 @@ import torch
 
 from w2v.data.audio import encode
 from w2v.data.bucketing import bucket_edges, padding_fraction
+from w2v.data.columns import select_shards
 from w2v.data.decode import decode_member
 from w2v.data.flac import decode_flac
-from w2v.data.index import SAMPLE_RATE, resolve_shards
+from w2v.data.index import SAMPLE_RATE
 from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad, pad_labels
 from w2v.data.plan import (
     LoaderConfig,
@@ -84,7 +85,7 @@ class _Batcher:
     def _read_segment(self, seg: Segment, needed: np.ndarray, pending: dict) -> Iterator[int]:
         """Decodes the needed members of one shard into `pending`; yields the stream position passed."""
         shard = self.table.shards[seg.shard]
-        want = {shard.keys[self.table.local[i]]: seg.start + k for k, i in enumerate(seg.ids) if needed[k]}
+        want = {self.table.key(i): seg.start + k for k, i in enumerate(seg.ids) if needed[k]}
         try:
             for key, ext, data in tar_members(shard.url, shard.bytes):
                 pos = want.get(key)
@@ -116,7 +117,7 @@ class _Batcher:
         waves = [pending.pop(p) for p in present]
         ids = [int(plan.stream[p]) for p in present]
         batch: dict = {"worker": self.worker, "index": j, "empty": not waves, "stats": dict(self.stats)}
-        labels = [table.labels[i] for i in ids] if table.labels is not None else None
+        labels = [table.label_ids(i) for i in ids] if table.has_labels else None
         if not waves:  # a stand-in the training loop weights by zero: ranks stay in step
             waves = [np.zeros(SAMPLE_RATE, np.int16)]
             labels = None if labels is None else [np.full(1, -100, np.int64)]
@@ -131,8 +132,8 @@ class _Batcher:
             batch["attention_mask"] = torch.from_numpy(attention_mask_from_lengths(sizes, values.shape[1]))
         if labels is not None:
             batch["labels"] = torch.from_numpy(pad_labels(labels))
-        batch["keys"] = [table.shards[table.shard_of[i]].keys[table.local[i]] for i in ids]
-        batch["texts"] = [table.shards[table.shard_of[i]].texts[table.local[i]] for i in ids]
+        batch["keys"] = [table.key(i) for i in ids]
+        batch["texts"] = [table.text(i) for i in ids]
         batch["audio_seconds"] = float(lengths.sum()) / SAMPLE_RATE if ids else 0.0
         batch["padded_seconds"] = float(values.size) / SAMPLE_RATE if ids else 0.0
         return batch
@@ -193,7 +194,7 @@ class SpeechLoader:
         self.cfg = cfg or LoaderConfig()
         self.rank, self.world = rank, world_size
         self.workers = max(1, self.cfg.num_workers)
-        self.table = SampleTable.build(resolve_shards(shards, index), labeler, self.cfg, conv_kernel, conv_stride)
+        self.table = SampleTable.build(select_shards(shards, index), labeler, self.cfg, conv_kernel, conv_stride)
         kept = self.table.durations[self.table.kept()]
         if len(kept) == 0:
             raise ValueError(f"no sample of {shards!r} passes the filters: {self.drops_at_plan()}")

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from w2v.atomic import TMP_SUFFIX, AtomicFile, write_atomic
+from w2v.atomic import TMP_SUFFIX, AtomicFile, replace_path, temporary_dir_beside, write_atomic
+from w2v.data.columns import COLUMNS_DIR, ColumnsWriter, index_identity
 from w2v.data.index import FORMAT_TAG, INDEX_NAME, SAMPLE_RATE, SKIPPED_NAME
 
 PLAN_NAME = "parts.json"
@@ -143,6 +145,21 @@ def merge_parts(out: Path) -> MergeSummary:
                          "(run them again: each replaces its own files)")
     totals = {"inputs": 0, "samples": 0, "shards": 0, "seconds": 0.0}
     skipped: Counter = Counter()
+    columns_tmp = temporary_dir_beside(out / COLUMNS_DIR)  # the loader's columns, written on the way
+    columns = ColumnsWriter(columns_tmp)
+    try:
+        _merge_into(out, plan, parts, totals, skipped, columns)
+        columns.finish(index_identity(str(out / INDEX_NAME)))
+        replace_path(columns_tmp, out / COLUMNS_DIR)
+    except BaseException:
+        shutil.rmtree(columns_tmp, ignore_errors=True)
+        raise
+    return MergeSummary(len(parts), totals["inputs"], totals["samples"], dict(skipped), totals["shards"],
+                        totals["seconds"])
+
+
+def _merge_into(out: Path, plan: dict, parts: list[Part], totals: dict, skipped: Counter,
+                columns: ColumnsWriter) -> None:
     with AtomicFile(out / INDEX_NAME) as index, AtomicFile(out / SKIPPED_NAME) as skipped_log:
         index.write(b'{"format": "' + FORMAT_TAG.encode() + b'", "shards": [')
         first = True
@@ -153,6 +170,7 @@ def merge_parts(out: Path) -> MergeSummary:
                 raise PartsError(f"part {part.index} was made with other settings than {PLAN_NAME}")
             for shard in part_index["shards"]:
                 index.write((b"" if first else b", ") + json.dumps(shard, ensure_ascii=False).encode())
+                columns.add_shard(shard)
                 first = False
             totals["inputs"] += part_index["inputs"]
             totals["samples"] += part_index["num_samples"]
@@ -167,5 +185,3 @@ def merge_parts(out: Path) -> MergeSummary:
                 "codec": plan["options"]["codec"], "inputs": totals["inputs"], "skipped": dict(skipped),
                 "source": plan["source"], "options": plan["options"], "parts": len(parts)}
         index.write(b"], " + json.dumps(tail, ensure_ascii=False)[1:].encode())
-    return MergeSummary(len(parts), totals["inputs"], totals["samples"], dict(skipped), totals["shards"],
-                        totals["seconds"])

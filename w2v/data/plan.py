@@ -11,15 +11,18 @@ hang, and in epoch mode every sample is used exactly once per epoch across ranks
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from w2v.data.bucketing import plan_batches, shuffle_order
+from w2v.data.columns import SelectedShard, ShardColumns
 from w2v.data.decode import FLAC_DECODERS
 from w2v.data.equalize import equalize_batch_count
-from w2v.data.index import SAMPLE_RATE, ShardMeta
+from w2v.data.index import SAMPLE_RATE
+from w2v.data.labels import labels
+from w2v.text import Vocabulary
 
 
 def output_frames(num_samples: np.ndarray, conv_kernel: Sequence[int], conv_stride: Sequence[int]) -> np.ndarray:
@@ -49,24 +52,31 @@ def count_drops(codes: np.ndarray) -> dict[str, int]:
     return {reason: int(counts[i + 1]) for i, reason in enumerate(DROP_REASONS) if counts[i + 1]}
 
 
-@dataclass
 class SampleTable:
-    """Every sample of every shard, as flat arrays (global sample id = row)."""
+    """Every sample of the selected shards as flat arrays (global sample id = row): shard, position
+    in it, duration, drop reason. Keys, texts and labels stay in the memory-mapped columns and are
+    read when a batch is made."""
 
-    shards: list[ShardMeta]
-    shard_of: np.ndarray  # int32: shard index per sample
-    local: np.ndarray  # int32: position inside its shard
-    durations: np.ndarray  # float64 seconds
-    labels: list[np.ndarray] | None  # int64 ids per sample, None without a labeler
-    drop_reason: np.ndarray  # int8 per sample: KEPT, or the code of the filter that drops it
+    def __init__(self, shards: list[SelectedShard], durations: np.ndarray, drop_reason: np.ndarray,
+                 label_ids: Callable[[int], np.ndarray] | None):
+        self.shards = shards
+        self.shard_sizes = np.array([s.size for s in shards], dtype=np.int64)
+        self.shard_of = np.repeat(np.arange(len(shards), dtype=np.int32), self.shard_sizes)
+        starts = np.concatenate([[0], np.cumsum(self.shard_sizes)]).astype(np.int64)
+        self.local = (np.arange(int(starts[-1]), dtype=np.int64) - starts[self.shard_of]).astype(np.int32)
+        self.durations = durations
+        self.drop_reason = drop_reason  # int8 per sample: KEPT, or the code of the filter that drops it
+        self._label_ids = label_ids
+        self._label_stores: dict | None = None  # id(columns) → Labels, when labels come from the cache
 
     @classmethod
-    def build(cls, shards: list[ShardMeta], labeler: Callable[[str], Sequence[int]] | None, cfg: LoaderConfig,
+    def build(cls, shards: list[SelectedShard], labeler: Callable[[str], Sequence[int]] | None, cfg: LoaderConfig,
               conv_kernel: Sequence[int] | None, conv_stride: Sequence[int] | None) -> SampleTable:
-        counts = [len(s.keys) for s in shards]
-        shard_of = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
-        local = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if counts else np.zeros(0, np.int32)
-        durations = np.concatenate([s.durations for s in shards]) if shards else np.zeros(0)
+        """`labeler`: text → label ids, or None (no labels: no label filters). `Vocabulary.encode`
+        itself reads the labels from the columns' cache (built once per vocabulary); any other
+        function is called once per text."""
+        durations = (np.concatenate([s.columns.durations[s.start:s.start + s.size] for s in shards])
+                     if shards else np.zeros(0)).astype(np.float64, copy=False)
         reason = np.zeros(len(durations), dtype=np.int8)  # the first filter that drops a sample names it
         if cfg.min_duration:
             reason[durations < cfg.min_duration] = BELOW_MIN_DURATION
@@ -74,15 +84,75 @@ class SampleTable:
         if not cfg.long_alone:  # in training, a batch must not exceed its cap: that is what bounds memory
             cap = min(cap, cfg.max_batch_seconds)
         reason[(durations > cap) & (reason == KEPT)] = ABOVE_MAX_DURATION
-        labels = None
-        if labeler is not None:
-            labels = [np.asarray(labeler(t), dtype=np.int64) for s in shards for t in s.texts]
-            need = np.array([ctc_min_frames(lab) for lab in labels], dtype=np.int64)
-            reason[(need == 0) & (reason == KEPT)] = EMPTY_LABELS
-            if conv_kernel is not None:
-                frames = output_frames(np.rint(durations * SAMPLE_RATE), conv_kernel, conv_stride)
-                reason[(need > frames) & (reason == KEPT)] = CTC_INFEASIBLE
-        return cls(shards, shard_of, local, durations, labels, reason)
+        table = cls(shards, durations, reason, None)
+        if labeler is None:
+            return table
+        need = table._attach_labels(labeler)
+        reason[(need == 0) & (reason == KEPT)] = EMPTY_LABELS
+        if conv_kernel is not None:
+            frames = output_frames(np.rint(durations * SAMPLE_RATE), conv_kernel, conv_stride)
+            reason[(need > frames) & (reason == KEPT)] = CTC_INFEASIBLE
+        return table
+
+    def _attach_labels(self, labeler: Callable[[str], Sequence[int]]) -> np.ndarray:
+        """Set the label source; returns CTC's minimum frames per sample."""
+        vocab = getattr(labeler, "__self__", None)
+        if isinstance(vocab, Vocabulary) and getattr(labeler, "__func__", None) is Vocabulary.encode:
+            stores = {id(s.columns): labels(s.columns, vocab) for s in self.shards}  # cached per vocabulary
+
+            def label_ids(i: int) -> np.ndarray:
+                shard = self.shards[self.shard_of[i]]
+                return stores[id(shard.columns)][shard.start + int(self.local[i])]
+
+            self._label_ids = label_ids
+            self._label_stores = stores
+            parts = [stores[id(s.columns)].need[s.start:s.start + s.size] for s in self.shards]
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        computed = [np.asarray(labeler(self.text(i)), dtype=np.int64) for i in range(len(self))]
+        self._label_ids = computed.__getitem__
+        return np.array([ctc_min_frames(lab) for lab in computed], dtype=np.int64)
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    @property
+    def has_labels(self) -> bool:
+        return self._label_ids is not None
+
+    def _row(self, i: int) -> tuple[ShardColumns, int]:
+        shard = self.shards[self.shard_of[i]]
+        return shard.columns, shard.start + int(self.local[i])
+
+    def key(self, i: int) -> str:
+        columns, row = self._row(i)
+        return columns.keys[row]
+
+    def text(self, i: int) -> str:
+        columns, row = self._row(i)
+        return columns.texts[row]
+
+    def texts(self) -> Iterator[str]:
+        return (self.text(i) for i in range(len(self)))
+
+    def label_ids(self, i: int) -> np.ndarray:
+        return self._label_ids(i)
+
+    def samples_with_label(self, label: int) -> np.ndarray:
+        """Ids of the samples whose labels hold `label` (e.g. [UNK]): vectorised over the cache."""
+        if self._label_stores is None:
+            return np.array([i for i in range(len(self)) if (self.label_ids(i) == label).any()], dtype=np.int64)
+        found = []
+        first = 0
+        for shard, size in zip(self.shards, self.shard_sizes, strict=True):
+            store = self._label_stores[id(shard.columns)]
+            lo, hi = store.offsets[shard.start], store.offsets[shard.start + size]
+            hits = np.concatenate([np.flatnonzero(np.asarray(store.ids[a:min(a + (1 << 24), hi)]) == label) + a
+                                   for a in range(int(lo), int(hi), 1 << 24)] or [np.zeros(0, np.int64)])
+            rows = np.unique(np.searchsorted(store.offsets, hits, side="right") - 1)
+            found.append(rows - shard.start + first)
+            first += int(size)
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
 
     def kept(self) -> np.ndarray:
         """bool per sample: not dropped by a filter."""
@@ -210,12 +280,12 @@ def plan_epoch(table: SampleTable, cfg: LoaderConfig, epoch: int, world: int, wo
         return [[_resampled_plan(table, cfg, epoch, r, w, world, workers, edges) for w in range(workers)]
                 for r in range(world)]
     rng = np.random.default_rng([cfg.seed, epoch])
-    shard_order = rng.permutation(len(table.shards)) if cfg.shuffle else np.arange(len(table.shards))
+    shard_order = rng.permutation(table.num_shards) if cfg.shuffle else np.arange(table.num_shards)
     # every sample id in read order: shards in the epoch's order, samples in tar order
-    starts = np.concatenate([[0], np.cumsum([len(s.keys) for s in table.shards])]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(table.shard_sizes)]).astype(np.int64)
     all_ids = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in shard_order]) if len(starts) > 1 \
         else np.zeros(0, np.int64)
-    n_shards = len(table.shards)
+    n_shards = table.num_shards
     if remaining is not None:
         all_ids = all_ids[remaining[all_ids]]
         n_shards = len(np.unique(table.shard_of[all_ids]))
@@ -282,18 +352,18 @@ def _resampled_plan(table: SampleTable, cfg: LoaderConfig, epoch: int, rank: int
         raise ValueError("mode 'resampled' needs steps_per_epoch")
     need = cfg.steps_per_epoch // workers + (1 if worker < cfg.steps_per_epoch % workers else 0)
     rng = np.random.default_rng([cfg.seed, epoch, rank, worker, 7])
-    starts = np.concatenate([[0], np.cumsum([len(s.keys) for s in table.shards])]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(table.shard_sizes)]).astype(np.int64)
     kept_seconds = table.durations[table.kept()].sum()
     if kept_seconds <= 0:
         raise ValueError("no sample passes the filters")
     drawn: list[int] = []
     while True:
-        per_shard = kept_seconds / len(table.shards)
+        per_shard = kept_seconds / table.num_shards
         while len(drawn) * per_shard < 1.2 * need * cfg.max_batch_seconds + per_shard:
-            drawn.append(int(rng.integers(len(table.shards))))
+            drawn.append(int(rng.integers(table.num_shards)))
         ids = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in drawn])
         order, offsets, drops = _batch_stream(table, ids, cfg, _seed(cfg.seed, epoch, rank, worker), edges)
         if len(offsets) - 1 >= need:
             offsets = offsets[: need + 1]
             return WorkerPlan(_segments(ids, table.shard_of), ids, order[: offsets[-1]], offsets, drops)
-        drawn.append(int(rng.integers(len(table.shards))))
+        drawn.append(int(rng.integers(table.num_shards)))

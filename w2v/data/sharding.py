@@ -22,6 +22,7 @@ import soundfile as sf
 
 from w2v.atomic import TMP_SUFFIX, AtomicFile
 from w2v.data import audio
+from w2v.data.columns import COLUMNS_DIR, index_identity, write_columns
 from w2v.data.corpus import Corpus, Utterance
 from w2v.data.index import INDEX_NAME, SKIPPED_NAME
 from w2v.data.parts import PARTS_DIR, PLAN_NAME, Part, clear_part, mark_done, part_files, record_plan
@@ -189,7 +190,7 @@ def prepare_out_dir(out: Path, overwrite: bool) -> None:
         if not overwrite:
             raise FileExistsError(f"{out} is not empty: pass --overwrite to replace its shards")
         for path in out.iterdir():
-            ours = (INDEX_NAME, SKIPPED_NAME, PARTS_DIR, PLAN_NAME)  # a parts run's files too
+            ours = (INDEX_NAME, SKIPPED_NAME, PARTS_DIR, PLAN_NAME, COLUMNS_DIR)  # a parts run's files too
             if path.suffix == ".tar" or path.name.endswith(TMP_SUFFIX) or path.name in ours:
                 path.unlink() if path.is_file() else shutil.rmtree(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -284,6 +285,8 @@ def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | Non
         "source": corpus.describe(),
         "options": options,
     })
-    if part is not None:  # last: the part is complete only now
+    if part is None:  # the metadata the loader plans from, beside the index (w2v.data.columns)
+        write_columns(out / COLUMNS_DIR, (r.to_json() for r in writer.records), index_identity(str(index_path)))
+    else:  # last: the part is complete only now (the merge writes the columns of the whole)
         mark_done(out, part, {"part": part.index, "inputs": summary.inputs, "written": written})
     return summary
