@@ -399,8 +399,10 @@ class LogWindow:
         wait = torch.tensor(self.loader.wait_seconds - self.wait0, dtype=torch.float64, device=accelerator.device)
         wait_sum, wait_max = accelerator.reduce(wait, "sum").item(), accelerator.reduce(wait, "max").item()
         drops: Counter = Counter()
-        for rank_drops in gather_object([self.loader.diagnostics()["drops"]]):
-            drops.update(rank_drops)
+        retries = 0
+        for rank in gather_object([self.loader.diagnostics()]):
+            drops.update(rank["drops"])
+            retries += rank["remote_retries"]
         record = {
             "update": update,
             "loss": sums[0] / max(sums[1], 1),  # per label
@@ -415,6 +417,7 @@ class LogWindow:
             "world_size": accelerator.num_processes,
             "epoch": self.loader.epoch,
             "drops": dict(drops),
+            "remote_retries": retries,
             **counters,
         }
         if torch.cuda.is_available():  # each rank's peak since the start; the largest decides an OOM

@@ -87,7 +87,8 @@ class _Batcher:
         shard = self.table.shards[seg.shard]
         want = {self.table.key(i): seg.start + k for k, i in enumerate(seg.ids) if needed[k]}
         try:
-            for key, ext, data in tar_members(shard.url, shard.bytes):
+            for key, ext, data in tar_members(shard.url, shard.bytes, self.cfg.remote_attempts,
+                                              self.cfg.remote_backoff_seconds, self.stats):
                 pos = want.get(key)
                 if pos is None or ext == "json":
                     continue
@@ -286,12 +287,15 @@ class SpeechLoader:
             yield batch
 
     def diagnostics(self) -> dict:
-        """Counters the training loop logs: drops by reason, corrupt members, loader wait, decode time."""
+        """Counters the training loop logs: drops by reason, corrupt members, loader wait, decode
+        time, and the remote reads that were resumed after a failure."""
         totals: Counter = Counter()
         for stats in self.worker_stats.values():
             totals.update(stats)
         decode = totals.pop("decode_seconds_x1e6", 0) / 1e6
-        return {"drops": dict(totals), "loader_wait_seconds": self.wait_seconds, "decode_seconds": decode}
+        retries = totals.pop("remote_retries", 0)
+        return {"drops": dict(totals), "loader_wait_seconds": self.wait_seconds, "decode_seconds": decode,
+                "remote_retries": retries}
 
     def state_dict(self) -> dict:
         """This rank's position: the epoch, the batches each worker consumed, and the earlier parts

@@ -203,10 +203,11 @@ def _split(items: np.ndarray, part: int, parts: int, by_shard: bool, shard_of: n
 
 
 def _segments(ids: np.ndarray, shard_of: np.ndarray) -> list[Segment]:
-    """Consecutive runs of the same shard in a read order."""
+    """The reads of a read order: runs of one shard, split again where the ids start over (the
+    same shard drawn twice in a row in resampled mode is two reads, not one)."""
     if len(ids) == 0:
         return []
-    cuts = np.flatnonzero(np.diff(shard_of[ids])) + 1
+    cuts = np.flatnonzero((np.diff(shard_of[ids]) != 0) | (np.diff(ids) <= 0)) + 1
     starts = np.concatenate([[0], cuts])
     return [Segment(int(shard_of[ids[s]]), int(s), ids[s:e])
             for s, e in zip(starts, np.concatenate([cuts, [len(ids)]]), strict=True)]
@@ -247,6 +248,10 @@ class LoaderConfig:
     num_workers: int = 0
     # "w2v": mono 16-bit FLAC through w2v.data.flac (faster); "soundfile": always libsndfile
     flac_decoder: str = "w2v"
+    # A remote shard read that fails is resumed where it stopped, this many attempts in all, waiting
+    # backoff × 2^k seconds before the k-th retry (w2v.data.remote); local files are not affected
+    remote_attempts: int = 5
+    remote_backoff_seconds: float = 1.0
     # Batches in page-locked memory, for asynchronous copies to a GPU (`.to(device, non_blocking=True)`)
     pin_memory: bool = False
     # An utterance longer than max_batch_seconds: False drops it (above_max_duration), True gives it

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from w2v.data.index import is_remote, open_url
+from w2v.data.index import is_remote
+from w2v.data.remote import ResumingStream
 
 
 def read_exact(read: Callable[[int], bytes], size: int) -> bytes:
@@ -32,7 +34,8 @@ def read_exact(read: Callable[[int], bytes], size: int) -> bytes:
     return b"".join(parts)
 
 
-def tar_members(url: str | Path, expected_bytes: int | None = None) -> Iterator[tuple[str, str, bytes]]:
+def tar_members(url: str | Path, expected_bytes: int | None = None, attempts: int = 5, backoff: float = 1.0,
+                stats: Counter | None = None) -> Iterator[tuple[str, str, bytes]]:
     """(key, extension, bytes) of each file member, streamed; raises tarfile.ReadError on damage.
 
     Local shards are read unbuffered, one read per member straight into its bytes object (a
@@ -41,7 +44,11 @@ def tar_members(url: str | Path, expected_bytes: int | None = None) -> Iterator[
     rule), the extension the rest.
     """
     url = str(url)
-    with open_url(url, buffering=-1 if is_remote(url) else 0) as handle:
+    # a remote read that fails mid-shard resumes where it stopped (w2v.data.remote); `attempts`,
+    # `backoff` and `stats` (its retries are counted there) apply to remote URLs only
+    source = (ResumingStream(url, expected_bytes, attempts, backoff, stats) if is_remote(url)
+              else open(url, "rb", buffering=0))  # noqa: SIM115 (closed by the with)
+    with source as handle:
         read, count, skip, long_name = handle.read, 0, 0, None
         while True:
             block = read_exact(read, skip + 512)
