@@ -1,6 +1,7 @@
 """The streaming loader on real tar shards: HF equality, rank/worker splits, resume, bad shards."""
 
 import io
+import os
 import shutil
 import tarfile
 
@@ -11,6 +12,7 @@ import torch
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
 from benchmarks.baselines import DataCollatorCTCWithPadding
+from tests.conftest import run_tool
 from w2v.data.index import expand_spec, read_index
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.data.plan import output_frames
@@ -458,3 +460,64 @@ def test_resampled_mode_delivers_every_drawn_sample_even_from_a_shard_drawn_twic
     planned = [str(plan.stream[p]) for p in plan.order[:plan.offsets[-1]]]
     delivered = [k for b in ld for k in b["keys"]]
     assert len(planned) == 4 and len(delivered) == 4 and not ld.diagnostics()["drops"]
+
+
+# --- columnar metadata ------------------------------------------------------------------------------
+
+
+def test_columns_hold_exactly_what_the_index_says(cv_shards):
+    from w2v.data.columns import open_columns
+    from w2v.data.labels import labels
+    from w2v.data.plan import ctc_min_frames
+
+    shard_dir, _ = cv_shards
+    index = read_index(shard_dir)
+    columns = open_columns(str(shard_dir / "index.json"))
+    assert columns.names == [s["name"] for s in index["shards"]]
+    assert list(columns.keys) == [k for s in index["shards"] for k in s["keys"]]
+    assert list(columns.texts) == [t for s in index["shards"] for t in s["texts"]]
+    assert np.array_equal(columns.durations, [d for s in index["shards"] for d in s["durations"]])
+    vocab = vocab_for(shard_dir)
+    cached = labels(columns, vocab)
+    for i, text in enumerate(columns.texts):  # the cached labels are Vocabulary.encode's, exactly
+        assert np.array_equal(cached[i], vocab.encode(text))
+        assert cached.need[i] == ctc_min_frames(vocab.encode(text))
+
+
+def test_old_folders_get_columns_and_stale_ones_are_rebuilt(commonvoice, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    src, expected = commonvoice
+    out = tmp_path / "cv"
+    run_tool("make_shards.py", src / "train.tsv", "--out", out, "--max-shard-samples", "2", "--no-progress",
+             check=True)
+    assert (out / "columns" / "meta.json").is_file()  # written beside the index
+    shutil.rmtree(out / "columns")  # a folder made before columns existed
+    code = ("import sys; from w2v.data.columns import open_columns; "
+            "print(len(open_columns(sys.argv[1] + '/index.json')))")
+    racers = [subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+              for _ in range(3)]  # built by one of them while the others wait
+    assert [r.communicate()[0].strip() for r in racers] == ["6"] * 3
+    vocab = vocab_for(out)
+    assert sorted(k for b in loader(out, vocab) for k in b["keys"]) == sorted(expected.written)
+    # the shards rewritten (one per shard now): the columns are stale and rebuilt
+    run_tool("make_shards.py", src / "train.tsv", "--out", out, "--max-shard-samples", "1", "--no-progress",
+             "--overwrite", check=True)
+    before = (out / "columns" / "meta.json").read_text()
+    (out / "index.json").touch()  # a newer index than the columns
+    ld = loader(out, vocab)
+    assert ld.table.num_shards == 6 and (out / "columns" / "meta.json").read_text() != before
+    # a folder this process cannot write: the columns go to the cache folder
+    monkeypatch.setenv("W2V_CACHE_DIR", str(tmp_path / "cache"))
+    shutil.rmtree(out / "columns")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert sorted(k for b in loader(out, vocab) for k in b["keys"]) == sorted(expected.written)
+    assert not (out / "columns").exists() and list((tmp_path / "cache").rglob("meta.json"))
+
+
+def test_a_folder_name_with_a_comma_is_one_spec(cv_shards, tmp_path):
+    shard_dir, expected = cv_shards
+    odd = tmp_path / "train,clean"
+    shutil.copytree(shard_dir, odd)
+    assert sorted(k for b in loader(odd, vocab_for(shard_dir)) for k in b["keys"]) == sorted(expected.written)
