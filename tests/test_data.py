@@ -521,3 +521,28 @@ def test_a_folder_name_with_a_comma_is_one_spec(cv_shards, tmp_path):
     odd = tmp_path / "train,clean"
     shutil.copytree(shard_dir, odd)
     assert sorted(k for b in loader(odd, vocab_for(shard_dir)) for k in b["keys"]) == sorted(expected.written)
+
+
+def test_the_cached_labels_plan_exactly_what_a_per_text_labeler_plans(cv_shards, tmp_path):
+    """The columns + label cache against the path that encodes each text from index.json: the same
+    batches (keys, labels, audio) for every seed, epoch, rank and worker, drops included."""
+    shard_dir, _ = cv_shards
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(shard_dir, rebuilt)
+    shutil.rmtree(rebuilt / "columns")  # built again from index.json on first use
+    vocab = vocab_for(shard_dir)
+
+    def batches(folder, labeler, rank, epoch):
+        cfg = LoaderConfig(max_batch_seconds=6.0, shuffle_buffer=3, num_workers=2, seed=11, max_duration=3.1)
+        ld = SpeechLoader(folder, cfg, labeler=labeler, rank=rank, world_size=2,
+                          conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE)
+        ld.set_epoch(epoch)
+        out = [(b["keys"], b["labels"].tolist(), b["input_values"].abs().sum().item()) for b in ld]
+        return out, ld.table.drop_reason.tolist()
+
+    for rank in range(2):
+        for epoch in range(2):
+            cached = batches(shard_dir, vocab.encode, rank, epoch)
+            assert cached[0] and any(cached[1])  # some batches, and some samples dropped
+            assert batches(shard_dir, lambda text: vocab.encode(text), rank, epoch) == cached
+            assert batches(rebuilt, vocab.encode, rank, epoch) == cached
