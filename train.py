@@ -269,15 +269,18 @@ def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> Loader
 
 
 def training_vocabulary(spec: str, index: str | None, normalizer: TextNormalizer) -> Vocabulary:
-    """Our vocabulary from the characters of the training transcripts, counted over the normalised
-    texts the columns cache (one pass, at C speed once they are cached)."""
+    """Our vocabulary from the characters of the training transcripts: each shard's characters,
+    counted once when the columns cache normalised its texts."""
     try:
         shards = select_shards(spec, index)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     counts: Counter = Counter()
+    by_columns: dict[int, tuple] = {}  # id(columns) → (columns, the positions of its selected shards)
     for shard in shards:
-        counts.update(char_counts(shard.columns, normalizer, shard.start, shard.start + shard.size))
+        by_columns.setdefault(id(shard.columns), (shard.columns, []))[1].append(shard.position)
+    for columns, positions in by_columns.values():
+        counts.update(char_counts(columns, normalizer, positions))
     return Vocabulary.from_counts(counts, normalizer)
 
 

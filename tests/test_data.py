@@ -1,9 +1,11 @@
 """The streaming loader on real tar shards: HF equality, rank/worker splits, resume, bad shards."""
 
 import io
+import json
 import os
 import shutil
 import tarfile
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -467,7 +469,7 @@ def test_resampled_mode_delivers_every_drawn_sample_even_from_a_shard_drawn_twic
 
 def test_columns_hold_exactly_what_the_index_says(cv_shards):
     from w2v.data.columns import open_columns
-    from w2v.data.labels import labels
+    from w2v.data.labels import char_counts, labels
     from w2v.data.plan import ctc_min_frames
 
     shard_dir, _ = cv_shards
@@ -482,6 +484,16 @@ def test_columns_hold_exactly_what_the_index_says(cv_shards):
     for i, text in enumerate(columns.texts):  # the cached labels are Vocabulary.encode's, exactly
         assert np.array_equal(cached[i], vocab.encode(text))
         assert cached.need[i] == ctc_min_frames(vocab.encode(text))
+    normalize = vocab.normalizer
+    for k, shard in enumerate(index["shards"]):  # each shard's characters, counted when normalised
+        expected = Counter("".join(normalize(t) for t in shard["texts"]))
+        expected.pop(" ")
+        assert char_counts(columns, normalize, [k]) == expected
+    # a vocabulary without some characters: the rows with [UNK] found by the cache are the right ones
+    small = Vocabulary.build(index["shards"][0]["texts"])
+    table = loader(shard_dir, small).table
+    brute = [i for i in range(len(table)) if small.unk_id in small.encode(table.text(i))]
+    assert brute and table.samples_with_label(small.unk_id).tolist() == brute
 
 
 def test_old_folders_get_columns_and_stale_ones_are_rebuilt(commonvoice, tmp_path, monkeypatch):
@@ -546,3 +558,23 @@ def test_the_cached_labels_plan_exactly_what_a_per_text_labeler_plans(cv_shards,
             assert cached[0] and any(cached[1])  # some batches, and some samples dropped
             assert batches(shard_dir, lambda text: vocab.encode(text), rank, epoch) == cached
             assert batches(rebuilt, vocab.encode, rank, epoch) == cached
+
+
+def test_the_index_is_read_one_shard_entry_at_a_time_exactly_as_json_reads_it(tmp_path):
+    from w2v.data.index import iter_index_shards
+
+    index = {"format": "w2v-shards/1", "name": 'odd "name" {[', "shards": [
+        {"name": "a.tar", "num_samples": 2, "keys": ["k1", "k2"], "durations": [1.25, 123456789.5],
+         "texts": ["héllo “x”", "a]b},c"]},
+        {"name": "b.tar", "num_samples": 0, "keys": [], "durations": [], "texts": []}], "skipped": {"x": 1}}
+    path = tmp_path / "index.json"
+    for indent in (None, 2):
+        path.write_text(json.dumps(index, indent=indent, ensure_ascii=indent is None), encoding="utf-8")
+        for piece in (1, 2, 7, 64, 1 << 22):  # values cut by every possible buffer end
+            assert list(iter_index_shards(str(path), piece)) == index["shards"]
+    path.write_text(json.dumps({**index, "format": "other"}))
+    with pytest.raises(ValueError, match="not a w2v shard index"):
+        list(iter_index_shards(str(path)))
+    path.write_text(json.dumps(index)[:-40])  # cut short
+    with pytest.raises(ValueError, match="invalid JSON"):
+        list(iter_index_shards(str(path)))

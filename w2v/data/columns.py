@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from w2v.atomic import atomic_dir, write_atomic
-from w2v.data.index import is_remote, open_url
+from w2v.data.index import is_remote, iter_index_shards
 
 COLUMNS_DIR = "columns"
 COLUMNS_FORMAT = "w2v-columns/1"
@@ -56,6 +56,13 @@ class Strings:
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
+
+    def slice(self, first: int, last: int) -> list[str]:
+        """strings[first:last], decoded from one copy of their bytes (not a memory-map view each)."""
+        lo = int(self.offsets[first])
+        ends = np.asarray(self.offsets[first:last + 1]) - lo
+        data = bytes(self.data[lo:lo + int(ends[-1])]) if last > first else b""
+        return [data[a:b].decode("utf-8") for a, b in zip(ends[:-1].tolist(), ends[1:].tolist(), strict=True)]
 
 
 def map_array(path: Path, dtype: str) -> np.ndarray:
@@ -169,9 +176,7 @@ def open_columns(location: str) -> ShardColumns:
     if not _fresh(folder, identity):
         with locked(folder):
             if not _fresh(folder, identity):  # another process may have built it meanwhile
-                with open_url(location) as handle:
-                    index = json.loads(handle.read().decode("utf-8"))
-                write_columns(folder, index["shards"], identity)
+                write_columns(folder, iter_index_shards(location), identity)
     return ShardColumns(folder)
 
 

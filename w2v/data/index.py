@@ -14,11 +14,12 @@ location of their index.
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -67,6 +68,82 @@ def read_index(location: str | Path) -> dict:
     if index.get("format") != FORMAT_TAG:
         raise ValueError(f"{location}: not a w2v shard index (format {index.get('format')!r})")
     return index
+
+
+class _JSONStream:
+    """A JSON text read a piece at a time: values are decoded from a buffer that holds the current
+    one (json's own decoder; a value cut by the buffer's end is decoded again with more text)."""
+
+    def __init__(self, handle: BinaryIO, location: str, piece: int = 1 << 22):
+        self.handle, self.utf8 = handle, codecs.getincrementaldecoder("utf-8")()
+        self.location, self.piece = location, piece
+        self.buf, self.pos, self.eof = "", 0, False
+        self.decoder = json.JSONDecoder()
+
+    def _more(self) -> bool:
+        if self.eof:
+            return False
+        data = self.handle.read(self.piece)
+        self.eof = not data
+        text = self.utf8.decode(data, final=self.eof)
+        self.buf, self.pos = self.buf[self.pos:] + text, 0
+        return not self.eof
+
+    def peek(self) -> str:
+        """The next character that is not white space ('' at the end)."""
+        while True:
+            while self.pos < len(self.buf) and self.buf[self.pos] in " \t\n\r":
+                self.pos += 1
+            if self.pos < len(self.buf) or not self._more():
+                return self.buf[self.pos:self.pos + 1]
+
+    def expect(self, chars: str) -> str:
+        found = self.peek()
+        if not found or found not in chars:
+            raise ValueError(f"{self.location}: not a w2v shard index (invalid JSON near {found!r})")
+        self.pos += 1
+        return found
+
+    def value(self):
+        self.peek()
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError:
+                if self._more():
+                    continue
+                raise ValueError(f"{self.location}: not a w2v shard index (invalid JSON)") from None
+            if end == len(self.buf) and self._more():  # a number may go on in the next piece
+                continue
+            self.pos = end
+            return value
+
+
+def iter_index_shards(location: str, piece: int = 1 << 22) -> Iterator[dict]:
+    """The entries of an index's `shards` list, one at a time: an index of 10 M utterances is over
+    a gigabyte of JSON, several gigabytes as Python objects when parsed whole."""
+    with open_url(location) as handle:
+        stream = _JSONStream(handle, location, piece)
+        header: dict = {}
+        stream.expect("{")
+        while stream.peek() != "}":
+            key = stream.value()
+            stream.expect(":")
+            if key == "shards":
+                if header.get("format", FORMAT_TAG) != FORMAT_TAG:
+                    break
+                stream.expect("[")
+                while stream.peek() != "]":
+                    yield stream.value()
+                    if stream.expect(",]") == "]":
+                        stream.pos -= 1
+                stream.expect("]")
+            else:
+                header[key] = stream.value()
+            if stream.expect(",}") == "}":
+                stream.pos -= 1
+        if header.get("format") != FORMAT_TAG:
+            raise ValueError(f"{location}: not a w2v shard index (format {header.get('format')!r})")
 
 
 def expand_spec(spec: str | Path | Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ yielded, as an `empty` batch, so that ranks stay in step.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import signal
@@ -265,13 +266,20 @@ class SpeechLoader:
             source = iter(_EpochStream(self))
         else:
             _load_kernels()
-            source = iter(torch.utils.data.DataLoader(
-                _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
-                persistent_workers=False, prefetch_factor=4, multiprocessing_context="fork",
-                worker_init_fn=_ignore_stop_signals, pin_memory=self.cfg.pin_memory,
-                # its own generator: creating the iterator must not draw from the global torch RNG, or
-                # a resumed run (new iterator mid-epoch) would see other dropout masks than an uninterrupted one
-                generator=torch.Generator().manual_seed(self.cfg.seed)))
+            # A forked worker's garbage collections would write to every object of the parent (torch's,
+            # transformers', the model's: ~100 MB), turning the shared pages into private copies.
+            # Frozen objects are never visited; the parent unfreezes once its workers are started.
+            gc.freeze()
+            try:
+                source = iter(torch.utils.data.DataLoader(
+                    _EpochStream(self), batch_size=None, num_workers=self.cfg.num_workers,
+                    persistent_workers=False, prefetch_factor=4, multiprocessing_context="fork",
+                    worker_init_fn=_ignore_stop_signals, pin_memory=self.cfg.pin_memory,
+                    # its own generator: creating the iterator must not draw from the global torch RNG, or
+                    # a resumed run (new iterator mid-epoch) would see other dropout masks than an uninterrupted one
+                    generator=torch.Generator().manual_seed(self.cfg.seed)))
+            finally:
+                gc.unfreeze()
         held: dict[tuple[int, int], dict] = {}
         for index, worker in expected:
             start = time.perf_counter()

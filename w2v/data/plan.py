@@ -52,6 +52,18 @@ def count_drops(codes: np.ndarray) -> dict[str, int]:
     return {reason: int(counts[i + 1]) for i, reason in enumerate(DROP_REASONS) if counts[i + 1]}
 
 
+def per_sample(shards: list[SelectedShard], column: Callable[[ShardColumns], np.ndarray], dtype) -> np.ndarray:
+    """One value per sample of the selected shards, from a per-row array of their columns: the
+    memory map itself when the shards are all of one index in its order (a folder), so its pages
+    stay shared between ranks; else the slices, copied together."""
+    if not shards:
+        return np.zeros(0, dtype=dtype)
+    first = shards[0].columns
+    if all(s.columns is first and s.position == k for k, s in enumerate(shards)) and len(shards) == len(first.names):
+        return column(first).astype(dtype, copy=False)
+    return np.concatenate([column(s.columns)[s.start:s.start + s.size] for s in shards]).astype(dtype, copy=False)
+
+
 class SampleTable:
     """Every sample of the selected shards as flat arrays (global sample id = row): shard, position
     in it, duration, drop reason. Keys, texts and labels stay in the memory-mapped columns and are
@@ -61,9 +73,10 @@ class SampleTable:
                  label_ids: Callable[[int], np.ndarray] | None):
         self.shards = shards
         self.shard_sizes = np.array([s.size for s in shards], dtype=np.int64)
+        self.shard_starts = np.concatenate([[0], np.cumsum(self.shard_sizes)]).astype(np.int64)  # and the total
         self.shard_of = np.repeat(np.arange(len(shards), dtype=np.int32), self.shard_sizes)
-        starts = np.concatenate([[0], np.cumsum(self.shard_sizes)]).astype(np.int64)
-        self.local = (np.arange(int(starts[-1]), dtype=np.int64) - starts[self.shard_of]).astype(np.int32)
+        self.local = (np.arange(int(self.shard_starts[-1]), dtype=np.int64)
+                      - self.shard_starts[self.shard_of]).astype(np.int32)
         self.durations = durations
         self.drop_reason = drop_reason  # int8 per sample: KEPT, or the code of the filter that drops it
         self._label_ids = label_ids
@@ -75,8 +88,7 @@ class SampleTable:
         """`labeler`: text → label ids, or None (no labels: no label filters). `Vocabulary.encode`
         itself reads the labels from the columns' cache (built once per vocabulary); any other
         function is called once per text."""
-        durations = (np.concatenate([s.columns.durations[s.start:s.start + s.size] for s in shards])
-                     if shards else np.zeros(0)).astype(np.float64, copy=False)
+        durations = per_sample(shards, lambda columns: columns.durations, np.float64)
         reason = np.zeros(len(durations), dtype=np.int8)  # the first filter that drops a sample names it
         if cfg.min_duration:
             reason[durations < cfg.min_duration] = BELOW_MIN_DURATION
@@ -98,7 +110,10 @@ class SampleTable:
         """Set the label source; returns CTC's minimum frames per sample."""
         vocab = getattr(labeler, "__self__", None)
         if isinstance(vocab, Vocabulary) and getattr(labeler, "__func__", None) is Vocabulary.encode:
-            stores = {id(s.columns): labels(s.columns, vocab) for s in self.shards}  # cached per vocabulary
+            stores = {}  # id(columns) → its labels, cached per vocabulary
+            for shard in self.shards:
+                if id(shard.columns) not in stores:
+                    stores[id(shard.columns)] = labels(shard.columns, vocab)
 
             def label_ids(i: int) -> np.ndarray:
                 shard = self.shards[self.shard_of[i]]
@@ -106,8 +121,7 @@ class SampleTable:
 
             self._label_ids = label_ids
             self._label_stores = stores
-            parts = [stores[id(s.columns)].need[s.start:s.start + s.size] for s in self.shards]
-            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+            return per_sample(self.shards, lambda columns: stores[id(columns)].need, np.int32)
         computed = [np.asarray(labeler(self.text(i)), dtype=np.int64) for i in range(len(self))]
         self._label_ids = computed.__getitem__
         return np.array([ctc_min_frames(lab) for lab in computed], dtype=np.int64)
@@ -139,19 +153,17 @@ class SampleTable:
         return self._label_ids(i)
 
     def samples_with_label(self, label: int) -> np.ndarray:
-        """Ids of the samples whose labels hold `label` (e.g. [UNK]): vectorised over the cache."""
-        if self._label_stores is None:
+        """Ids of the samples whose labels hold `label`; for [UNK] with cached labels, from the rows
+        the cache found when it was built."""
+        stores = self._label_stores
+        if stores is None or any(store.unk_id != label for store in stores.values()):
             return np.array([i for i in range(len(self)) if (self.label_ids(i) == label).any()], dtype=np.int64)
-        found = []
-        first = 0
-        for shard, size in zip(self.shards, self.shard_sizes, strict=True):
-            store = self._label_stores[id(shard.columns)]
-            lo, hi = store.offsets[shard.start], store.offsets[shard.start + size]
-            hits = np.concatenate([np.flatnonzero(np.asarray(store.ids[a:min(a + (1 << 24), hi)]) == label) + a
-                                   for a in range(int(lo), int(hi), 1 << 24)] or [np.zeros(0, np.int64)])
-            rows = np.unique(np.searchsorted(store.offsets, hits, side="right") - 1)
-            found.append(rows - shard.start + first)
-            first += int(size)
+        found, first = [], 0
+        for shard in self.shards:
+            rows = stores[id(shard.columns)].unknown_rows
+            lo, hi = np.searchsorted(rows, [shard.start, shard.start + shard.size])
+            found.append(np.asarray(rows[lo:hi]) - shard.start + first)
+            first += shard.size
         return np.concatenate(found) if found else np.zeros(0, np.int64)
 
     def kept(self) -> np.ndarray:
@@ -187,19 +199,14 @@ class WorkerPlan:
         return len(self.offsets) - 1
 
 
-def _split(items: np.ndarray, part: int, parts: int, by_shard: bool, shard_of: np.ndarray) -> np.ndarray:
-    """Samples of `part` out of `parts`: whole shards when there are enough, else every parts-th sample."""
-    if parts == 1:
-        return items
-    if by_shard:
-        # each shard's rank among the shards of `items`, in order of first appearance (vectorised:
-        # this runs for every rank and worker of a cluster, over every sample)
-        shards = shard_of[items]
-        uniq, first = np.unique(shards, return_index=True)
-        rank_of = np.empty(int(uniq.max()) + 1, dtype=np.int64)
-        rank_of[uniq[np.argsort(first)]] = np.arange(len(uniq))
-        return items[rank_of[shards] % parts == part]
-    return items[part::parts]
+def _read_order(table: SampleTable, shards: np.ndarray, remaining: np.ndarray | None) -> np.ndarray:
+    """The sample ids of these shards in read order (shards in the given order, samples in tar
+    order), less those not `remaining`."""
+    if len(shards) == 0:
+        return np.zeros(0, np.int64)
+    starts = table.shard_starts
+    ids = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in shards.tolist()])
+    return ids if remaining is None else ids[remaining[ids]]
 
 
 def _segments(ids: np.ndarray, shard_of: np.ndarray) -> list[Segment]:
@@ -285,22 +292,26 @@ def plan_epoch(table: SampleTable, cfg: LoaderConfig, epoch: int, world: int, wo
         return [[_resampled_plan(table, cfg, epoch, r, w, world, workers, edges) for w in range(workers)]
                 for r in range(world)]
     rng = np.random.default_rng([cfg.seed, epoch])
+    # the shards in the epoch's read order (those with a sample left to plan); split between ranks,
+    # then workers, as whole shards, every world-th one (no pass over the samples to split them)
     shard_order = rng.permutation(table.num_shards) if cfg.shuffle else np.arange(table.num_shards)
-    # every sample id in read order: shards in the epoch's order, samples in tar order
-    starts = np.concatenate([[0], np.cumsum(table.shard_sizes)]).astype(np.int64)
-    all_ids = np.concatenate([np.arange(starts[s], starts[s + 1]) for s in shard_order]) if len(starts) > 1 \
-        else np.zeros(0, np.int64)
-    n_shards = table.num_shards
-    if remaining is not None:
-        all_ids = all_ids[remaining[all_ids]]
-        n_shards = len(np.unique(table.shard_of[all_ids]))
+    left = table.shard_sizes if remaining is None else np.bincount(table.shard_of[remaining], minlength=table.num_shards)
+    shard_order = shard_order[left[shard_order] > 0]
     plans = []
     for rank in range(world):
-        rank_ids = _split(all_ids, rank, world, n_shards >= world, table.shard_of)
-        n_rank_shards = len(np.unique(table.shard_of[rank_ids])) if len(rank_ids) else 0
+        if len(shard_order) >= world:
+            rank_shards, rank_ids = shard_order[rank::world], None
+        else:  # fewer shards than ranks: every world-th sample, from the shards they fall in
+            rank_ids = _read_order(table, shard_order, remaining)[rank::world]
+            rank_shards = shard_order[np.isin(shard_order, table.shard_of[rank_ids])]
         rank_plans = []
         for worker in range(workers):
-            ids = _split(rank_ids, worker, workers, n_rank_shards >= workers, table.shard_of)
+            if len(rank_shards) >= workers:  # whole shards, every workers-th one
+                mine = rank_shards[worker::workers]
+                ids = (_read_order(table, mine, remaining) if rank_ids is None
+                       else rank_ids[np.isin(table.shard_of[rank_ids], mine)])
+            else:  # every workers-th sample
+                ids = (rank_ids if rank_ids is not None else _read_order(table, rank_shards, remaining))[worker::workers]
             seed = _seed(cfg.seed, epoch, rank, worker, *([part] if part else []))
             order, offsets, drops = _batch_stream(table, ids, cfg, seed, edges)
             rank_plans.append(WorkerPlan(_segments(ids, table.shard_of), ids, order, offsets, drops))
