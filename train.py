@@ -33,8 +33,7 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
 from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
-from w2v.data.columns import select_shards
-from w2v.data.labels import char_counts
+from w2v.data.labels import vocabulary_from_shards
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.data.padding import pad_labels
 from w2v.lm.decode import greedy_decode
@@ -269,19 +268,11 @@ def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> Loader
 
 
 def training_vocabulary(spec: str, index: str | None, normalizer: TextNormalizer) -> Vocabulary:
-    """Our vocabulary from the characters of the training transcripts: each shard's characters,
-    counted once when the columns cache normalised its texts."""
+    """Our vocabulary from the characters of the training transcripts (cached per shard)."""
     try:
-        shards = select_shards(spec, index)
+        return vocabulary_from_shards(spec, normalizer, index)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    counts: Counter = Counter()
-    by_columns: dict[int, tuple] = {}  # id(columns) → (columns, the positions of its selected shards)
-    for shard in shards:
-        by_columns.setdefault(id(shard.columns), (shard.columns, []))[1].append(shard.position)
-    for columns, positions in by_columns.values():
-        counts.update(char_counts(columns, normalizer, positions))
-    return Vocabulary.from_counts(counts, normalizer)
 
 
 def texts_with_unknown(loader: SpeechLoader, vocab: Vocabulary) -> list[str]:

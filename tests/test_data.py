@@ -489,6 +489,14 @@ def test_columns_hold_exactly_what_the_index_says(cv_shards):
         expected = Counter("".join(normalize(t) for t in shard["texts"]))
         expected.pop(" ")
         assert char_counts(columns, normalize, [k]) == expected
+    # the vocabulary from the cached counts is the one built from every text, for the whole folder
+    # and for a selection of its shards
+    from w2v.data.labels import vocabulary_from_shards
+
+    all_texts = [t for s in index["shards"] for t in s["texts"]]
+    assert vocabulary_from_shards(str(shard_dir)).tokens == Vocabulary.build(all_texts).tokens
+    first = str(shard_dir / index["shards"][0]["name"])
+    assert vocabulary_from_shards([first]).tokens == Vocabulary.build(index["shards"][0]["texts"]).tokens
     # a vocabulary without some characters: the rows with [UNK] found by the cache are the right ones
     small = Vocabulary.build(index["shards"][0]["texts"])
     table = loader(shard_dir, small).table

@@ -9,9 +9,13 @@ flat files that every rank and worker maps (the pages are shared, nothing is par
     columns/durations.f8                  float64 seconds per sample
     columns/keys.bin, key_offsets.i8      the keys, UTF-8, one after another, and where each starts
     columns/texts.bin, text_offsets.i8    the transcripts, the same way
-    columns/normalized-<h>/               per text normaliser: the normalised texts and their lengths
-    columns/labels-<h>/                   per vocabulary: the label ids of every text, and CTC's
-                                          minimum frames per sample (labels plus repeats)
+    columns/normalized-<h>/               per text normaliser: the normalised texts, their lengths
+                                          in characters, and each shard's character counts
+                                          (char_counts.json, what a vocabulary is built from)
+    columns/labels-<h>/                   per vocabulary: the label ids of every text (ids.u2,
+                                          offsets.i8), CTC's minimum frames per sample (need.i4:
+                                          labels plus repeats) and the rows holding [UNK]
+                                          (unknown_rows.i8)
 
 Plain binary arrays read with `numpy.memmap`: no dependency beyond numpy, and every array is a
 zero-copy view of the page cache (Arrow IPC would do the same with a 40 MB package more).

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from w2v.data.columns import ShardColumns, Strings, cached, map_array
+from w2v.data.columns import ShardColumns, Strings, cached, map_array, select_shards
 from w2v.text import TextNormalizer, Vocabulary
 
 _CHUNK_TEXTS = 200_000  # texts per task of a cache build: bounds its buffers (tens of MB)
@@ -131,6 +131,21 @@ def char_counts(columns: ShardColumns, normalizer: TextNormalizer, positions: It
         counts.update(per_shard[k])
     counts.pop(" ", None)
     return counts
+
+
+def vocabulary_from_shards(spec, normalizer: TextNormalizer | None = None, index: str | None = None) -> Vocabulary:
+    """Our vocabulary (`[PAD]`, `[UNK]`, `|`, then the characters, sorted) of the normalised
+    transcripts of a shard spec: each shard's character counts, counted once when its columns
+    normalised the texts, so a corpus of millions costs no pass over its texts after the first.
+    A bad spec is a ValueError that says what is missing."""
+    normalizer = normalizer or TextNormalizer()
+    counts: Counter = Counter()
+    by_columns: dict[int, tuple[ShardColumns, list[int]]] = {}  # id(columns) → its selected shards
+    for shard in select_shards(spec, index):
+        by_columns.setdefault(id(shard.columns), (shard.columns, []))[1].append(shard.position)
+    for columns, positions in by_columns.values():
+        counts.update(char_counts(columns, normalizer, positions))
+    return Vocabulary.from_counts(counts, normalizer)
 
 
 class Labels:
