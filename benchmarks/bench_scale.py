@@ -17,7 +17,9 @@ per rank measured one after another, each doing what `train.py` does before its 
     plan              this epoch's plan for every rank and worker (len(loader))
 
 and reports the seconds, the peak RSS above the process's imports (VmHWM - VmRSS after imports),
-and the private memory each of `--workers` forked children adds (Private_Dirty) after touching
+and the private memory each of `--workers` forked children adds (Private_Dirty of its anonymous
+mappings: a memory-mapped file's pages belong to the page cache, shared by every process, and
+count as "dirty" in any mapping until the kernel has written them back) after touching
 what a DataLoader worker touches: the key and label ids of every sample of its plan, then a full
 garbage collection. The children are forked as SpeechLoader forks its workers, after gc.freeze()
 (for the baseline too, whose loader did not: that favours it). Rank 0 runs first on the folder
@@ -104,6 +106,20 @@ def memory_kb(field: str, path: str = "/proc/self/status") -> int:
     return 0
 
 
+def private_anonymous_kb() -> int:
+    """Private_Dirty summed over the mappings that are not files: the pages this process owns."""
+    total, anonymous = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=1)[0]
+            if "-" in first and not first.endswith(":"):  # a mapping's header: address range, ..., path
+                fields = line.split()
+                anonymous = len(fields) < 6 or fields[5].startswith("[")
+            elif first == "Private_Dirty:" and anonymous:
+                total += int(line.split()[1])
+    return total
+
+
 def touch_worker_metadata(table, plan) -> None:
     """What a DataLoader worker reads per sample of its plan when it makes batches (no audio)."""
     for i in plan.stream.tolist():
@@ -152,7 +168,7 @@ def run_rank(args: argparse.Namespace) -> dict:
         if pid == 0:
             os.close(read)
             touch_worker_metadata(loader.table, loader.plans()[args.rank][worker])
-            os.write(write, str(memory_kb("Private_Dirty", "/proc/self/smaps_rollup")).encode())
+            os.write(write, str(private_anonymous_kb()).encode())
             os._exit(0)
         gc.unfreeze()
         os.close(write)
