@@ -473,7 +473,8 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
         accelerator.print(f"  ref: {ref}\n  hyp: {hyp}")
     model.train()
     return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_loss": loss_sum / max(labels_total, 1),
-            "eval_utterances": total.utterances,
+            "eval_utterances": total.utterances, "eval_words": total.words, "eval_word_edits": total.word_edits,
+            "eval_chars": total.chars, "eval_char_edits": total.char_edits,
             "eval_empty_references": total.empty_references, "eval_excluded": dict(excluded)}
 
 

@@ -7,7 +7,8 @@ Writes a synthetic 5-gram ARPA without </s> into a temporary folder, laid out as
 (<unk>, <s> first among the 1-grams; Zipfian words; entries sorted by suffix), then times, each
 in its own subprocess: `cp`, `tools/fix_arpa.py IN OUT`, the blog's loop (the `</s>` loop from
 Hugging Face's blog post "Boosting Wav2Vec2 with n-grams in Transformers", `ARPA_EOS_LOOP` in
-benchmarks/baselines.py, verbatim in `python -c`), and `tools/fix_arpa.py --check`. Peak RSS
+benchmarks/baselines.py, verbatim in `python -c`), and `tools/fix_arpa.py --check` (on a fixed
+copy). Each path runs `--repeat` times, interleaved round by round; the table gives medians. Peak RSS
 comes from GNU time (/usr/bin/time -f %M). All reads come from the page cache (the file was just
 written), and dirty pages are synced before each timed run so that one run's writeback does not
 slow the next.
@@ -113,15 +114,24 @@ def run_child(cmd: list[str], cwd: Path | None = None) -> dict:
     return {"seconds": seconds, "cpu_seconds": cpu, "rss_mb": rss}
 
 
-def best_of(cmd: list[str], repeat: int, cleanup: Path | None = None, cwd: Path | None = None) -> dict:
-    """The fastest of ``repeat`` runs (the least disturbed by other load), with the largest RSS seen."""
-    runs = []
+def interleaved(paths: dict[str, tuple[list[str], Path | None, Path | None]], repeat: int) -> dict:
+    """Every path run ``repeat`` times, round after round (cp, fixer, loop, check, cp, ...), so
+    that a slow spell of the machine falls on all of them alike. Per path: the median run's
+    seconds and CPU seconds, the fastest run's seconds, and the largest RSS seen.
+    ``paths``: name → (command, a file to delete before each run, working folder)."""
+    runs: dict[str, list[dict]] = {name: [] for name in paths}
     for _ in range(repeat):
-        if cleanup is not None:
-            cleanup.unlink(missing_ok=True)
-        runs.append(run_child(cmd, cwd))
-    best = min(runs, key=lambda r: r["seconds"])
-    return {**best, "rss_mb": max(r["rss_mb"] for r in runs)}
+        for name, (cmd, cleanup, cwd) in paths.items():
+            if cleanup is not None:
+                cleanup.unlink(missing_ok=True)
+            runs[name].append(run_child(cmd, cwd))
+    out = {}
+    for name, measured in runs.items():
+        by_time = sorted(measured, key=lambda r: r["seconds"])
+        median = by_time[len(by_time) // 2]
+        out[name] = {**median, "best_seconds": by_time[0]["seconds"], "rss_mb": max(r["rss_mb"] for r in measured),
+                     "runs": len(measured)}
+    return out
 
 
 def bench(size_gb: float, vocab_size: int | None, repeat: int, tmp_root: str | None) -> dict:
@@ -139,30 +149,32 @@ def bench(size_gb: float, vocab_size: int | None, repeat: int, tmp_root: str | N
               f"written in {gen_s:.1f} s ({tmp})", flush=True)
         py = sys.executable
         ours_out, loop_out, cp_out = tmp / "ours.arpa", tmp / "5gram_correct.arpa", tmp / "cp.arpa"
-        rows = {}
-        rows["cp"] = best_of(["cp", str(src), str(cp_out)], repeat, cleanup=cp_out)
-        cp_out.unlink()
-        rows["fix_arpa.py"] = best_of([py, str(FIX_TOOL), str(src), str(ours_out)], repeat, cleanup=ours_out)
-        rows["blog loop"] = best_of([py, "-c", ARPA_EOS_LOOP], 1, cwd=tmp)
+        checked = tmp / "checked.arpa"  # --check reads a fixed file (a passing check) of its own
+        subprocess.run([py, str(FIX_TOOL), str(src), str(checked)], check=True, stdout=subprocess.DEVNULL)
+        rows = interleaved({
+            "cp": (["cp", str(src), str(cp_out)], cp_out, None),
+            "fix_arpa.py": ([py, str(FIX_TOOL), str(src), str(ours_out)], ours_out, None),
+            "blog loop": ([py, "-c", ARPA_EOS_LOOP], loop_out, tmp),
+            "fix_arpa.py --check": ([py, str(FIX_TOOL), "--check", str(checked)], None, None),
+        }, repeat)
         identical = _same_bytes(ours_out, loop_out)
-        loop_out.unlink()
-        src.unlink()  # --check reads the fixed file (a passing check); keep one big file on disk
-        rows["fix_arpa.py --check"] = best_of([py, str(FIX_TOOL), "--check", str(ours_out)], repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _report(rows, nbytes, counts, vocab_size, identical, [load_before, os.getloadavg()[0]])
+    return _report(rows, nbytes, counts, vocab_size, identical, [load_before, os.getloadavg()[0]], repeat)
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
 
 
-def _report(rows: dict, nbytes: int, counts: list[int], vocab_size: int, identical: bool, load: list) -> dict:
+def _report(rows: dict, nbytes: int, counts: list[int], vocab_size: int, identical: bool, load: list,
+            repeat: int) -> dict:
     loop_s, cp_s = rows["blog loop"]["seconds"], rows["cp"]["seconds"]
     results = {}
     for name, run in rows.items():
         results[name] = {
             "seconds": round(run["seconds"], 3),
+            "best_seconds": round(run["best_seconds"], 3),
             "cpu_seconds": round(run["cpu_seconds"], 3),
             "mb_per_s": round(nbytes / run["seconds"] / 1e6, 1),
             "peak_rss_mb": round(run["rss_mb"], 1),
@@ -174,6 +186,7 @@ def _report(rows: dict, nbytes: int, counts: list[int], vocab_size: int, identic
         "counts": counts,
         "vocabulary": vocab_size,
         "output_identical_to_blog_loop": identical,
+        "interleaved_repeats": repeat,
         "results": results,
         "machine": {"cpus": os.cpu_count(), "load_average_before_after": load, "python": platform.python_version(),
                     "platform": platform.platform()},
@@ -183,8 +196,8 @@ def _report(rows: dict, nbytes: int, counts: list[int], vocab_size: int, identic
 def print_table(report: dict) -> None:
     load = report["machine"]["load_average_before_after"]
     print(f"\n{report['size_bytes'] / 1e6:.0f} MB 5-gram ARPA, {report['vocabulary']} words; fixer output identical "
-          f"to the blog's loop: {report['output_identical_to_blog_loop']}; load average {load[0]:.1f} -> "
-          f"{load[1]:.1f} on {report['machine']['cpus']} CPUs")
+          f"to the blog's loop: {report['output_identical_to_blog_loop']}; median of {report['interleaved_repeats']} "
+          f"interleaved runs each; load average {load[0]:.1f} -> {load[1]:.1f} on {report['machine']['cpus']} CPUs")
     head = (f"{'name':<22}{'seconds':>9}{'CPU s':>8}{'MB/s':>8}{'peak RSS MB':>13}{'x blog loop':>14}"
             f"{'% of cp':>9}")
     print(head)
@@ -198,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-gb", type=float, default=1.0, help="size of the synthetic ARPA (default 1)")
     parser.add_argument("--vocab", type=int, default=None, help="1-gram count (default 200k per GB)")
-    parser.add_argument("--repeat", type=int, default=5, help="runs of cp, the fixer and --check (best kept)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="interleaved runs of each path (cp, the fixer, the blog loop, --check); median kept")
     parser.add_argument("--tmp-dir", default=None, help="where to write the files (default: $TMPDIR)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)

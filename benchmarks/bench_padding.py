@@ -20,7 +20,8 @@ One thread (numba and torch). Methods run interleaved over several rounds on 6 d
 within a round each method runs 3 times back to back (its steady state, as in a loader that calls it
 batch after batch, rather than right after another method freed and the allocator returned hundreds
 of MB to the OS); each reports its fastest run per batch (averaged over the batches), which is the
-least disturbed by other load on a shared machine. Throughput is
+least disturbed by other load on a shared machine. Before timing, every method but the floor is
+checked against the feature extractor's output on the same batch (values and mask). Throughput is
 real audio seconds per wall second. The numba compile time (cold cache, separate process) and the
 first call (cache load) are reported separately and excluded.
 """
@@ -116,6 +117,12 @@ def main() -> None:
         values, mask = methods[name](0)
         assert np.array_equal(mask, ref["attention_mask"]), name
         max_err = max(max_err, float(np.abs(values - ref["input_values"]).max()))
+    # ours_loader takes the decoder's int16: HF gets the same samples as float32 (x / 32768)
+    ref_int = fe([x.astype(np.float32) / 32768 for x in ints[0]], sampling_rate=SR, padding=True, return_tensors="np")
+    values, mask = methods["ours_loader"](0)
+    assert np.array_equal(mask.astype(np.int32), ref_int["attention_mask"]), "ours_loader"
+    max_err = max(max_err, float(np.abs(values - ref_int["input_values"]).max()))
+    assert max_err < 1e-4, max_err
 
     times = {name: np.full((args.rounds, len(batches)), np.inf) for name in methods}
     for r in range(args.rounds):
@@ -128,7 +135,7 @@ def main() -> None:
     audio_s = float(np.mean([sum(x.size for x in b) / SR for b in batches]))
 
     print(f"batch: {len(batches[0])} utterances of 6-10 s ({audio_s:.0f} s of audio), one thread; "
-          f"max |ours - HF| = {max_err:.1e}")
+          f"max |ours - HF| = {max_err:.1e}; {args.rounds} interleaved rounds, 3 runs each per batch")
     print(f"numba compile (cold cache): {compile_s:.2f} s; first call (cache load): {first_call_s:.3f} s")
     print(f"{'method':<22}{'ms/batch':>10}{'audio s/s':>12}{'vs HF':>8}{'vs numpy':>10}")
     res: dict = {}
@@ -145,7 +152,7 @@ def main() -> None:
     floor = res["copy_pad_floor"]["audio_seconds_per_second"]
     print(f"ours_hf_layout runs at {res['ours_hf_layout']['audio_seconds_per_second'] / floor:.0%} of "
           "copy_pad_floor (memory bandwidth: the bytes every method must move)")
-    out = {"methods": res, "max_abs_error_vs_hf": max_err, "compile_seconds": compile_s,
+    out = {"methods": res, "max_abs_error_vs_hf": max_err, "rounds": args.rounds, "compile_seconds": compile_s,
            "first_call_seconds": first_call_s, "batch_audio_seconds": float(audio_s)}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,10 @@
   its batch size is the largest whose worst case (the longest utterances together) fits the same
   padded-seconds cap, which is what a user must pick to never OOM.
 
-Both run --steps optimizer updates; throughput = training audio seconds per wall second over the
-updates after the first 10% (start-up, compilation and the first buffer fill excluded). Peak memory
+Both run --steps optimizer updates, --repeats times, interleaved (ours, HF, ours, HF, ...); the
+median run of each is reported. Throughput, for both: the audio seconds of the updates after the
+first 10% divided by the wall time they took (start-up, compilation and the first buffer fill
+excluded); the Trainer's audio is counted in its training step, as ours is in its update. Peak memory
 is reported on CUDA. The corpus is espeak-ng speech of mixed lengths (demo sentences), cached in --work.
 """
 
@@ -80,27 +82,32 @@ def run_ours(shards: Path, work: Path, args) -> dict:
                     str(shards), "--output_dir", str(out)], check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steady = [r for r in records if "audio_seconds_per_second" in r and r["update"] > args.steps // 10]
-    rate = float(np.mean([r["audio_seconds_per_second"] for r in steady]))
-    padding = float(np.mean([r["padding_percent"] for r in steady]))
-    result = {"audio_seconds_per_second": rate, "padding_percent": padding, "wall_seconds": wall,
-              "steps_per_second": float(np.mean([r["updates_per_second"] for r in steady]))}
+    # the log windows after the first 10% of the updates: their audio over their time (a ratio of
+    # totals, as for the Trainer below, not a mean of per-window rates)
+    logged = [r for r in records if "audio_seconds_per_second" in r]
+    starts = [0] + [r["update"] for r in logged[:-1]]
+    steady = [r for r, start in zip(logged, starts, strict=True) if start >= args.steps // 10]
+    updates = np.array([r["update"] - start for r, start in zip(logged, starts, strict=True)
+                        if start >= args.steps // 10])
+    seconds = updates / np.array([r["updates_per_second"] for r in steady])
+    audio = seconds * np.array([r["audio_seconds_per_second"] for r in steady])
+    padding = float(np.average([r["padding_percent"] for r in steady], weights=audio))
+    result = {"audio_seconds_per_second": float(audio.sum() / seconds.sum()), "padding_percent": padding,
+              "wall_seconds": wall, "steps_per_second": float(updates.sum() / seconds.sum())}
     if "peak_memory_gib" in records[-1]:
         result["peak_memory_gib"] = records[-1]["peak_memory_gib"]
     return result
 
 
 class CountingCollator(DataCollatorCTCWithPadding):
-    """The HF example's collator, also counting the audio trained on once the clock has started."""
-
-    def __init__(self, processor, clock: dict):
-        super().__init__(processor)
-        self.clock = clock
+    """The HF example's collator; each batch also says how much audio it holds, which the trainer
+    below counts when it trains on the batch (not when a batch is collated: the loader may
+    prefetch batches before the clock starts)."""
 
     def __call__(self, features):
-        if self.clock["start"] is not None:
-            self.clock["audio"] += sum(len(f["input_values"]) for f in features) / 16000
-        return super().__call__(features)
+        batch = super().__call__(features)
+        batch["audio_seconds"] = sum(len(f["input_values"]) for f in features) / 16000
+        return batch
 
 
 def run_hf(shards: Path, work: Path, args) -> dict:
@@ -138,6 +145,13 @@ def run_hf(shards: Path, work: Path, args) -> dict:
                                           ctc_loss_reduction="mean", ctc_zero_infinity=True, mask_time_prob=0.05))
     seen = {"audio": 0.0, "start": None}
 
+    class CountingTrainer(Trainer):
+        def training_step(self, model, inputs, *rest, **kwargs):
+            audio = inputs.pop("audio_seconds")
+            if seen["start"] is not None:
+                seen["audio"] += audio
+            return super().training_step(model, inputs, *rest, **kwargs)
+
     class Clock(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
             if state.global_step == args.steps // 10 and seen["start"] is None:
@@ -148,7 +162,7 @@ def run_hf(shards: Path, work: Path, args) -> dict:
         learning_rate=1e-4, warmup_steps=10, train_sampling_strategy="group_by_length", logging_steps=10**9,
         save_strategy="no", report_to=[], dataloader_num_workers=0 if args.device == "cpu" else 4,
         fp16=args.device == "cuda", use_cpu=args.device == "cpu", disable_tqdm=True)
-    trainer = Trainer(model=model, args=training, train_dataset=features, data_collator=CountingCollator(processor, seen),
+    trainer = CountingTrainer(model=model, args=training, train_dataset=features, data_collator=CountingCollator(processor),
                       processing_class=extractor, callbacks=[Clock()])
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -163,6 +177,12 @@ def run_hf(shards: Path, work: Path, args) -> dict:
     return result
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput, and every run's throughput beside it."""
+    ranked = sorted(runs, key=lambda r: r["audio_seconds_per_second"])
+    return {**ranked[len(ranked) // 2], "runs_audio_seconds_per_second": [r["audio_seconds_per_second"] for r in runs]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=100)
@@ -170,6 +190,7 @@ def main() -> int:
     p.add_argument("--model", default="demo", help="demo (3.6 M) | tiny | base (wav2vec2-base shape)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--max-batch-seconds", type=float, default=40.0)
+    p.add_argument("--repeats", type=int, default=3, help="runs of each path, interleaved; the median is reported")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "w2v-bench-train"),
                    help="cache of the corpus and shards (make them here and carry them to a machine without espeak-ng)")
     p.add_argument("--json", default=None)
@@ -181,10 +202,15 @@ def main() -> int:
     if args.prepare_only:
         print(f"shards ready: {shards}")
         return 0
-    results = {"ours": run_ours(shards, work, args), "hf_trainer": run_hf(shards, work, args)}
+    runs: dict[str, list[dict]] = {"ours": [], "hf_trainer": []}
+    for _ in range(args.repeats):  # interleaved: ours, HF, ours, HF, ...
+        runs["ours"].append(run_ours(shards, work, args))
+        runs["hf_trainer"].append(run_hf(shards, work, args))
+    results = {name: median_run(measured) for name, measured in runs.items()}
+    results["repeats"] = args.repeats
     ours, hf = results["ours"]["audio_seconds_per_second"], results["hf_trainer"]["audio_seconds_per_second"]
     print(f"\ntraining, {args.model} model, {args.device}, {args.steps} updates, cap {args.max_batch_seconds:g} "
-          "padded seconds per batch:")
+          f"padded seconds per batch; median of {args.repeats} interleaved runs each:")
     print(f"{'path':12} {'audio-s/s':>10} {'× HF':>6} {'steps/s':>8} {'peak GiB':>9}  notes")
     for name, r, note in (
         ("ours", results["ours"], f"padding {results['ours']['padding_percent']:.1f}%"),

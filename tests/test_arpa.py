@@ -7,6 +7,7 @@ import gzip
 import importlib.util
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -87,12 +88,49 @@ def test_one_line_corpus_fixed_loads_in_kenlm_and_decodes(one_line_arpa, tmp_pat
     assert arpa_check.check_arpa(fixed).ok
     model = kenlm.Model(str(fixed))
     assert model.order == 3
-    assert model.score("the cat sat", bos=True, eos=True) < 0
+    # KenLM scores sentences as the fixed file's n-grams and back-offs say, </s> included
+    ngrams = arpa_ngrams(fixed)
+    for sentence in ("the cat sat", "the dog sat on the mat", "mat the cat"):
+        expected = arpa_sentence_score(ngrams, sentence, 3)
+        assert model.score(sentence, bos=True, eos=True) == pytest.approx(expected, abs=1e-4), sentence
 
+    # the acoustics prefer "cet" (not a word of the LM) by a little: without the LM the beam search
+    # says so; with it, "cat" wins
     labels = ["", " ", "a", "c", "d", "e", "g", "h", "l", "m", "n", "o", "s", "t"]
-    decoder = build_ctcdecoder(labels, kenlm_model_path=str(fixed), alpha=0.5, beta=1.0)
     logits = _spell("the cat", labels)
+    vowel = 2 * "the cat".index("a")
+    logits[vowel, labels.index("a")], logits[vowel, labels.index("e")] = -0.9, -0.5
+    assert build_ctcdecoder(labels).decode(logits, beam_width=16) == "the cet"
+    decoder = build_ctcdecoder(labels, kenlm_model_path=str(fixed), alpha=0.5, beta=1.0)
     assert decoder.decode(logits, beam_width=16) == "the cat"
+
+
+def arpa_ngrams(path: Path) -> dict[tuple[str, ...], tuple[float, float]]:
+    """n-gram → (log10 prob, log10 back-off) read straight from an ARPA file."""
+    ngrams, order = {}, 0
+    for line in path.read_text().splitlines():
+        if line.startswith("\\") and line.endswith("-grams:"):
+            order = int(line[1:].split("-")[0])
+        elif order and line.strip() and not line.startswith("\\"):
+            fields = line.split("\t")
+            words = tuple(fields[1].split())
+            ngrams[words] = (float(fields[0]), float(fields[2]) if len(fields) > 2 else 0.0)
+    return ngrams
+
+
+def arpa_sentence_score(ngrams: dict, sentence: str, order: int) -> float:
+    """log10 P(sentence </s> | <s>) by the ARPA back-off rule (the oracle KenLM must agree with)."""
+    def prob(context: tuple[str, ...], word: str) -> float:
+        if (*context, word) in ngrams:
+            return ngrams[(*context, word)][0]
+        if not context:
+            return ngrams[("<unk>",)][0]
+        return ngrams.get(context, (0.0, 0.0))[1] + prob(context[1:], word)
+
+    words, total = ["<s>", *sentence.split(), "</s>"], 0.0
+    for k in range(1, len(words)):
+        total += prob(tuple(words[max(0, k - order + 1):k]), words[k])
+    return total
 
 
 def _spell(text: str, labels: list[str]) -> np.ndarray:
@@ -280,16 +318,17 @@ BASE3 = BASE.replace("ngram 2=3", "ngram 2=3\nngram 3=1").replace(
 ORDER1 = "\\data\\\nngram 1=3\n\n\\1-grams:\n-1\t<unk>\n0\t<s>\n-0.5\tword\n\n\\end\\\n"
 
 # name: (file text, line --check reports, words in its message, what fixing says: the same (SAME),
-# (line or None, words), or ACCEPTED (what an entry holds is for --check alone)).
+# (line or None, words), or ACCEPTED (what an entry holds is for --check alone)). The line is the
+# first problem's: for a section longer than its header says, its first entry beyond the count.
 SAME, ACCEPTED = "same", None
 MALFORMED = {
     "garbage bytes": ("\x00\x01\xfe garbage \xff\n" * 3, 1, "binary data", SAME),
     "missing data": (BASE.replace("\\data\\\n", ""), 1, "missing \\data\\", SAME),
     "count mismatch 1-grams": (BASE.replace("ngram 1=6", "ngram 1=7"), 12, "has 6 entries", SAME),
-    "count mismatch 2-grams": (BASE.replace("ngram 2=3", "ngram 2=2"), 17, "has 3 entries", SAME),
+    "count mismatch 2-grams": (BASE.replace("ngram 2=3", "ngram 2=2"), 16, "has 3 entries", SAME),
     "fewer 2-grams than the header": (BASE.replace("ngram 2=3", "ngram 2=4"), 17, "has 3 entries", SAME),
     "a blank line inside the 2-grams": (BASE.replace("the cat\n", "the cat\n\n"), 16, "has 2 entries",
-                                        (18, "the 2-grams section has 4 entries but the header says ngram 2=3")),
+                                        (17, "the 2-grams section has 4 entries but the header says ngram 2=3")),
     "sections out of order": (BASE3.replace("\\3-grams:", "\\4-grams:"), 19, "expected \\3-grams:", SAME),
     "text after end": (BASE + "-1\tthe cat\n", 19, "text after \\end\\", (None, "text after \\end\\")),
     "truncated": (BASE[:BASE.index("the cat") + 3], 15, "truncated", (None, "missing \\end\\")),
@@ -300,7 +339,7 @@ MALFORMED = {
     "only 1-grams": (ORDER1, 2, "at least a bigram model", SAME),
     "missing unigram": (BASE.replace("the cat\n", "the dog\n"), 15, "'dog' is not among the 1-grams", ACCEPTED),
     "more 1-grams than the header": (BASE.replace("ngram 1=6", "ngram 1=2").replace(
-        "-0.8\ton\t-0.2\n", "".join(f"-3\tw{i}\t-0.1\n" for i in range(600))), 611, "has 605 entries", SAME),
+        "-0.8\ton\t-0.2\n", "".join(f"-3\tw{i}\t-0.1\n" for i in range(600))), 8, "has 605 entries", SAME),
 }
 
 
@@ -326,6 +365,45 @@ def test_malformed(name, tmp_path, capsys):
     assert "out.arpa" not in out and fix_words in err, err
     assert (f"line {fix_line}:" in err) if fix_line else ": line " not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.arpa"]  # no output, no temp file
+
+
+def with_eos(text: str) -> str:
+    """The same file with a </s> 1-gram after <s> (KenLM refuses any file without one)."""
+    text = text.replace("0\t<s>\t-0.3\n", "0\t<s>\t-0.3\n-1.5\t</s>\t0\n")
+    return re.sub(r"ngram 1=(\d+)", lambda m: f"ngram 1={int(m.group(1)) + 1}", text, count=1)
+
+
+# KenLM reads the number of entries the header says and skips a blank line among them; the ARPA
+# format (and pyctcdecode's reading of the 1-grams) ends a section there, so --check refuses it
+KENLM_LOADS = {"a blank line inside the 2-grams"}
+
+
+def test_the_fix_on_a_small_file_is_what_the_blog_loop_is_known_to_write(tmp_path):
+    """An oracle that is not code: the blog loop's output for BASE, written out by hand (ngram 1=
+    raised by one, a </s> line copied from the <s> line right after it, nothing else touched)."""
+    expected = BASE.replace("ngram 1=6", "ngram 1=7").replace("0\t<s>\t-0.3\n", "0\t<s>\t-0.3\n0\t</s>\t-0.3\n")
+    src, ours, theirs = tmp_path / "base.arpa", tmp_path / "ours.arpa", tmp_path / "theirs.arpa"
+    src.write_text(BASE)
+    arpa_fix.fix_arpa(src, ours)
+    blog_loop(src, theirs)
+    assert ours.read_text() == theirs.read_text() == expected
+
+
+@pytest.mark.parametrize("name", [n for n, case in MALFORMED.items() if "0\t<s>\t-0.3\n" in case[0]])
+def test_kenlm_refuses_what_check_refuses(name, tmp_path):
+    """KenLM itself is the oracle: every malformed file (given the </s> KenLM needs) fails to load in
+    kenlm.Model exactly when --check exits 2; the well-formed base file loads and --check says 0."""
+    import kenlm
+
+    for text, malformed in ((with_eos(MALFORMED[name][0]), True), (with_eos(BASE), False)):
+        path = tmp_path / "lm.arpa"
+        path.write_bytes(text.encode("latin-1"))
+        assert run_cli("--check", path) == (2 if malformed else 0)
+        if malformed and name not in KENLM_LOADS:
+            with pytest.raises(OSError):
+                kenlm.Model(str(path))
+        else:
+            kenlm.Model(str(path))
 
 
 def test_fix_refuses_truncated_gzip(one_line_arpa, tmp_path):

@@ -191,11 +191,15 @@ def test_truncated_shard_is_skipped_counted_and_ranks_stay_in_step(cv_shards, tm
     cut = first_two[-1].offset_data + first_two[-1].size + 700  # keep sample 1, cut into sample 2
     victim.write_bytes(victim.read_bytes()[:cut])
     vocab = vocab_for(shard_dir)
-    ld = loader(broken, vocab, max_batch_seconds=4.0)
+    ld = loader(broken, vocab, max_batch_seconds=4.0, max_batch_size=1)
     batches = list(ld)
     keys = [k for b in batches for k in b["keys"]]
     assert len(batches) == len(ld)  # the planned step count still holds
     assert len(keys) == len(expected.written) - 1 and len(set(keys)) == len(keys)
+    # the lost sample's batch is still yielded, as an empty stand-in whose labels weigh nothing
+    empty = [b for b in batches if b["empty"]]
+    assert len(empty) == 1 and empty[0]["keys"] == [] and (empty[0]["labels"] == -100).all()
+    assert all(not b["empty"] and len(b["keys"]) == 1 for b in batches if b is not empty[0])
     drops = ld.diagnostics()["drops"]
     assert drops["corrupt_shard"] == 1 and drops["missing_member"] == 1
 

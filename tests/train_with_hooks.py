@@ -3,15 +3,18 @@ it with `accelerate launch tests/train_with_hooks.py …` (same arguments as tra
 
 - W2V_TEST_NAN_UPDATE=N: rank 0's loss is NaN in update N (counted from 0 in this process);
 - W2V_TEST_DUMP_GRADIENTS=FILE: rank 0 saves the first update's all-reduced gradients (before
-  clipping) to FILE;
+  clipping) to FILE, and the model's gradient checkpointing and layerdrop settings to FILE.json;
 - W2V_TEST_SIGNAL_AT_UPDATE=N (with W2V_TEST_SIGNAL_TO=self|parent): rank 0 sends SIGTERM to
   itself or to its parent (the `accelerate launch` process) when update N starts;
 - W2V_TEST_LOGITS_DTYPE=FILE: rank 0 writes the dtype of the CTC head's output in training (what
-  autocast really ran) to FILE.
+  autocast really ran) to FILE;
+- W2V_TEST_DUMP_STATES=DIR: every rank saves its parameters, optimizer state and learning rate
+  before and after each optimizer step to DIR/rank<R>-update<N>-<before|after>.pt.
 
 The training loop itself carries no test code: the hooks replace its module-level steps.
 """
 
+import json
 import os
 import signal
 import sys
@@ -26,6 +29,7 @@ DUMP_GRADIENTS = os.environ.get("W2V_TEST_DUMP_GRADIENTS")
 LOGITS_DTYPE = os.environ.get("W2V_TEST_LOGITS_DTYPE")
 SIGNAL_AT = int(os.environ.get("W2V_TEST_SIGNAL_AT_UPDATE", "-1"))
 SIGNAL_TO = os.environ.get("W2V_TEST_SIGNAL_TO", "self")
+DUMP_STATES = os.environ.get("W2V_TEST_DUMP_STATES")
 update = -1  # the update whose window is being processed
 real_next_window, real_loss, real_step = train.next_window, train.ctc_loss_sum, train.optimizer_step
 
@@ -53,12 +57,29 @@ def ctc_loss_sum(model, batch, blank, accelerator, train_encoder):
     return loss
 
 
-def optimizer_step(accelerator, model, *args, **kwargs):
+def training_state(accelerator, model, optimizer, scheduler) -> dict:
+    return {"params": {n: p.detach().cpu().clone() for n, p in accelerator.unwrap_model(model).named_parameters()},
+            "optimizer": {k: {n: v.detach().cpu().clone() if torch.is_tensor(v) else v for n, v in state.items()}
+                          for k, state in optimizer.state_dict()["state"].items()},
+            "lr": scheduler.get_last_lr()}
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, *args, **kwargs):
     if update == 0 and DUMP_GRADIENTS and accelerator.is_main_process:
         grads = {n: p.grad.detach().float().cpu().clone()
                  for n, p in accelerator.unwrap_model(model).named_parameters() if p.grad is not None}
         torch.save(grads, DUMP_GRADIENTS)
-    return real_step(accelerator, model, *args, **kwargs)
+        hf_model = accelerator.unwrap_model(model).model
+        with open(f"{DUMP_GRADIENTS}.json", "w") as handle:  # what the run switched on in the model
+            json.dump({"gradient_checkpointing": hf_model.is_gradient_checkpointing,
+                       "layerdrop": hf_model.config.layerdrop}, handle)
+    dump = f"{DUMP_STATES}/rank{accelerator.process_index}-update{update}" if DUMP_STATES else None
+    if dump:
+        torch.save(training_state(accelerator, model, optimizer, scheduler), f"{dump}-before.pt")
+    step = real_step(accelerator, model, optimizer, scheduler, *args, **kwargs)
+    if dump:
+        torch.save(training_state(accelerator, model, optimizer, scheduler), f"{dump}-after.pt")
+    return step
 
 
 train.next_window, train.ctc_loss_sum, train.optimizer_step = next_window, ctc_loss_sum, optimizer_step

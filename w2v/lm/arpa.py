@@ -311,8 +311,11 @@ def section_stop(block: bytes) -> int:
     return min(stops) if stops else -1
 
 
-def count_mismatch(line_no: int, order: int, found: int, wanted: int) -> ArpaError:
-    """The error for a section whose entry count is not the header's; ``line_no``: the line after it."""
+def count_mismatch(end_line_no: int, first_line_no: int, order: int, found: int, wanted: int) -> ArpaError:
+    """The error for a section whose entry count is not the header's, at its first problem: the
+    first entry beyond the header's count (the section starts at ``first_line_no``), or for too
+    few entries the line that ends the section (``end_line_no``)."""
+    line_no = first_line_no + wanted if found > wanted else end_line_no
     return ArpaError(line_no, f"the {order}-grams section has {found} entries but the header says "
                               f"ngram {order}={wanted}")
 
@@ -329,7 +332,7 @@ def truncated(line_no: int, partial: bool, order: int, found: int, wanted: int, 
     if found < wanted:
         return ArpaError(line_no, f"truncated: the file ends in the {order}-grams ({found} of {wanted} entries)")
     if found > wanted:
-        return count_mismatch(line_no, order, found, wanted)
+        return count_mismatch(line_no, line_no - found, order, found, wanted)
     if last:
         return ArpaError(line_no, f"missing \\end\\: the file stops after the {order}-grams")
     return ArpaError(line_no, f"truncated: the file stops after the {order}-grams")

@@ -442,9 +442,10 @@ def check_arpa(path: str | os.PathLike, jit: bool | None = None, threads: int | 
         try:
             for order, wanted in enumerate(header.counts, start=1):
                 expect_section(rd, order)
+                first_line_no = rd.line_no + 1
                 found = scanner.section(rd, order, order == len(header.counts), wanted)
                 if found.entries != wanted:
-                    raise count_mismatch(rd.line_no + 1, order, found.entries, wanted)
+                    raise count_mismatch(rd.line_no + 1, first_line_no, order, found.entries, wanted)
                 stats.append(found)
         finally:
             scanner.close()

@@ -133,6 +133,7 @@ def _scan_head(rd: Reader) -> _Head:
     """Read and check the header and the 1-grams; find the <s> and </s> lines."""
     header = read_header(rd)
     expect_section(rd, 1)
+    first_line_no = rd.line_no + 1
     wanted = header.counts[0]  # and there are higher orders: read_header saw to it
     found, bos_line, bos_end, bos_line_no, eos_line_no = 0, None, 0, 0, 0
     while True:
@@ -160,7 +161,7 @@ def _scan_head(rd: Reader) -> _Head:
         if cut >= 0:
             break
     if found != wanted:
-        raise count_mismatch(rd.line_no + 1, 1, found, wanted)
+        raise count_mismatch(rd.line_no + 1, first_line_no, 1, found, wanted)
     head_end = rd.offset
     expect_section(rd, 2)
     return _Head(header, found, bos_line, bos_end, bos_line_no, eos_line_no, head_end, rd.offset, rd.line_no + 1)
@@ -273,7 +274,7 @@ class _SectionCounter:
             raise ArpaError(self.line_no, f"text after \\end\\: {show(line)}")
         found, wanted = self.lines - self.blanks, self.counts[self.order - 1]
         if found != wanted:
-            raise count_mismatch(self.line_no - self.blanks, self.order, found, wanted)
+            raise count_mismatch(self.line_no - self.blanks, self.line_no - self.lines, self.order, found, wanted)
         expected = b"\\end\\" if self._last else b"\\%d-grams:" % (self.order + 1)
         if line.rstrip(b"\n") != expected:
             what = f"after the {self.order}-grams" if self._last else f"the start of the {self.order + 1}-grams"
