@@ -74,3 +74,20 @@ def cv_shards(commonvoice, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "cv"
     run_tool("make_shards.py", src, "--out", out, "--max-shard-samples", "2", "--no-progress", check=True)
     return out, expected
+
+
+@pytest.fixture(scope="session")
+def memorised(cv_shards, tmp_path_factory) -> Path:
+    """The output folder of a `python train.py` run that memorises the 6 Common Voice utterances
+    (250 updates of configs/tiny.yaml): a model that transcribes, for the tests that need one."""
+    shards, _ = cv_shards
+    out = tmp_path_factory.mktemp("memorised") / "mem"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--train_shards", str(shards), "--output_dir", str(out), "--eval_shards", str(shards),
+           "--max_steps", "250", "--eval_steps", "250", "--warmup_steps", "15", "--logging_steps", "10",
+           "--max_batch_seconds", "30"]
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env={**env, "PYTHONPATH": str(ROOT)})
+    if proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
+    return out

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from transformers import pipeline
 
 from tests.conftest import run_tool
+from w2v.metrics import ErrorCounts
 
 STAGES = ["corpus", "shards", "train", "lm", "tune", "test", "export"]
 
@@ -13,8 +15,18 @@ def test_small_demo_runs_every_stage_and_reports(tmp_path):
     out = tmp_path / "demo"
     proc = run_tool("demo.py", "--out", out, "--small", check=True, timeout=900)
     report = json.loads((out / "report.json").read_text())
-    for key in ("greedy", "lm"):
-        assert 0.0 <= report[key]["wer"] and 0.0 <= report[key]["cer"]
+    # the reported test WERs are the per-utterance errors pooled: greedy and LM (rows' hyp) alike
+    rows = [json.loads(line) for line in (out / "test_errors.jsonl").read_text().splitlines()]
+    refs = [r["ref"] for r in rows]
+    assert report["greedy"]["wer"] == pytest.approx(ErrorCounts.of(refs, [r["greedy"] for r in rows]).wer)
+    assert report["lm"]["wer"] == pytest.approx(ErrorCounts.of(refs, [r["hyp"] for r in rows]).wer)
+    assert report["lm"]["wer"] == pytest.approx(sum(r["word_edits"] for r in rows) / sum(r["words"] for r in rows))
+    # --tune on dev: every grid point scored, the lowest (WER, CER) chosen, and test decoded with it
+    dev = json.loads((out / "eval_dev.json").read_text())
+    best = min(dev["grid"], key=lambda p: (p["wer"], p["cer"]))
+    assert len(dev["grid"]) == len({(p["alpha"], p["beta"]) for p in dev["grid"]}) > 1
+    assert (dev["lm"]["wer"], dev["lm"]["cer"]) == (best["wer"], best["cer"])
+    assert (report["lm"]["alpha"], report["lm"]["beta"]) == (dev["lm"]["alpha"], dev["lm"]["beta"])
     assert list(report["minutes"]) == [*STAGES, "total"]
     assert report["test_utterances"] == 8 and report["updates"] == 6
     assert (out / "curves.png").stat().st_size > 1000

@@ -156,6 +156,28 @@ def test_nan_loss_on_one_rank_skips_the_update_on_both(cv_shards, tmp_path):
         assert moved_to["lr"] != moved_from["lr"]
 
 
+def test_an_fp16_overflow_is_skipped_by_the_scaler_and_counted_as_overflow():
+    """optimizer_step with a real GradScaler (torch's CPU scaler, as fp16 runs get on CUDA): an inf
+    gradient is an "overflow": parameters and schedule untouched, the scale halved; the next finite
+    update steps both. (train.py counts each outcome other than "stepped" as skipped_<outcome>.)"""
+    accelerator = Accelerator(cpu=True)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (s + 1))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    accelerator.scaler.scale(model(torch.ones(1, 3)).sum() * float("inf")).backward()
+    step = train.optimizer_step(accelerator, model, optimizer, scheduler, torch.tensor(1.0), 1e9)
+    assert step.outcome == "overflow" and accelerator.scaler.get_scale() == 2.0**15
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    assert scheduler.get_last_lr() == [0.1]
+    accelerator.scaler.scale(model(torch.ones(1, 3)).sum()).backward()
+    step = train.optimizer_step(accelerator, model, optimizer, scheduler, torch.tensor(1.0), 1e9)
+    assert step.outcome == "stepped" and scheduler.get_last_lr() == [0.05]
+    assert not all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
 def test_attention_mask_rule_follows_the_feature_norm(cv_shards):
     shards, _ = cv_shards
     vocab = Vocabulary.build(t for s in read_index(shards)["shards"] for t in s["texts"])
@@ -176,16 +198,6 @@ def test_attention_mask_rule_follows_the_feature_norm(cv_shards):
         for batch in loader:
             train.ctc_loss_sum(CTCModel(model), batch, vocab.pad_id, accelerator, True)
         assert seen and all((m is not None) is mask_expected for m in seen)
-
-
-@pytest.fixture(scope="module")
-def memorised(cv_shards, tmp_path_factory) -> Path:
-    """The output folder of a run that memorises the 6 utterances (250 updates)."""
-    shards, _ = cv_shards
-    out = tmp_path_factory.mktemp("memorised") / "mem"
-    launch(out, shards, "--eval_shards", str(shards), "--max_steps", "250", "--eval_steps", "250",
-           "--warmup_steps", "15", "--logging_steps", "10", "--max_batch_seconds", "30")
-    return out
 
 
 def test_memorises_a_few_utterances_and_pipeline_loads_the_result(cv_shards, memorised, tmp_path):

@@ -1,0 +1,91 @@
+"""w2v-transcribe on a folder of mixed audio, against transformers' pipeline() with the same model."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.conftest import run_tool
+from w2v.metrics import ErrorCounts
+from w2v.transcribe import Source, load_audio
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(commonvoice, tmp_path_factory):
+    """Speech as 8 kHz wav, 22.05 kHz stereo flac, 44.1 kHz wav and the corpus' own mp3, a file that
+    is not audio, and a 60 s recording made by joining the utterances (chunked at 8 s)."""
+    src, expected = commonvoice
+    clips = sorted((src / "clips").glob("common_voice_en_[0-5].mp3"))
+    out = tmp_path_factory.mktemp("mixed") / "audio"
+    (out / "sub").mkdir(parents=True)
+    conversions = [("a_8k.wav", ["-r", "8000", "-c", "1"]), ("b_22k_stereo.flac", ["-r", "22050", "-c", "2"]),
+                   ("sub/c_44k.wav", ["-r", "44100", "-c", "1"])]
+    for clip, (name, args) in zip(clips, conversions, strict=False):
+        subprocess.run(["sox", str(clip), *args, str(out / name)], check=True, capture_output=True)
+    (out / "d.mp3").write_bytes(clips[3].read_bytes())
+    (out / "broken.wav").write_bytes(b"RIFF not really a wav file at all" * 10)
+    pieces = [load_audio(Source(str(c))) for c in clips]
+    gap = np.zeros(8000, np.float32)
+    long = np.concatenate([x for _ in range(4) for p in pieces for x in (p, gap)])
+    sf.write(out / "long.wav", long, 16000, subtype="PCM_16")
+    return out
+
+
+def asr_pipeline(model_dir):
+    from transformers import pipeline
+
+    return pipeline("automatic-speech-recognition", model=str(model_dir), device=-1)
+
+
+def test_a_mixed_folder_equals_pipeline_and_lists_the_broken_file(memorised, mixed_folder, tmp_path):
+    model = memorised / "final"
+    out = tmp_path / "out.jsonl"
+    proc = run_tool("transcribe.py", model, mixed_folder, "--out", out, "--chunk-seconds", "8", "--words")
+    assert proc.returncode == 1, proc.stderr[-3000:]  # one input could not be read
+    rows = {r["path"].removeprefix(str(mixed_folder) + "/"): r for r in map(json.loads, out.read_text().splitlines())}
+    assert sorted(rows) == ["a_8k.wav", "b_22k_stereo.flac", "broken.wav", "d.mp3", "long.wav", "sub/c_44k.wav"]
+    assert "error" in rows["broken.wav"] and "broken.wav: not transcribed: decode_error" in proc.stderr
+    assert "5 of 6 inputs transcribed, 1 could not be read" in proc.stderr
+    asr = asr_pipeline(model)
+    for name in ("a_8k.wav", "b_22k_stereo.flac", "sub/c_44k.wav", "d.mp3"):
+        # the same 16 kHz samples into pipeline(): batching and normalising may not change the text
+        wave = load_audio(Source(str(mixed_folder / name)))
+        assert rows[name]["duration"] == pytest.approx(len(wave) / 16000, abs=1e-3)
+        theirs = " ".join(asr({"raw": wave, "sampling_rate": 16000})["text"].split())  # its tokenizer keeps "  "
+        assert rows[name]["text"] and rows[name]["text"] == theirs, name
+        words = rows[name]["words"]
+        assert [w["word"] for w in words] == rows[name]["text"].split()
+        assert all(0 <= w["start"] < w["end"] <= rows[name]["duration"] + 0.02 for w in words)
+    # the long recording, chunked at 8 s with 4/3 s strides, against pipeline()'s own chunking
+    wave = load_audio(Source(str(mixed_folder / "long.wav")))
+    theirs = " ".join(asr({"raw": wave, "sampling_rate": 16000}, chunk_length_s=8)["text"].split())
+    ours = rows["long.wav"]["text"]
+    assert len(ours.split()) > 100 and ErrorCounts.of([theirs], [ours]).cer <= 0.02, (ours, theirs)
+
+
+def test_subtitles_and_usage_errors(memorised, mixed_folder, tmp_path):
+    model = memorised / "final"
+    srt = tmp_path / "long.srt"
+    proc = run_tool("transcribe.py", model, mixed_folder / "long.wav", "--out", srt, "--chunk-seconds", "8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cues = srt.read_text().strip().split("\n\n")
+    assert len(cues) > 5 and cues[0].splitlines()[0] == "1" and " --> " in cues[0].splitlines()[1]
+    def seconds(clock: str) -> float:
+        h, m, s = clock.replace(",", ".").split(":")
+        return 3600 * int(h) + 60 * int(m) + float(s)
+
+    spans = [[seconds(t) for t in c.splitlines()[1].split(" --> ")] for c in cues]
+    assert all(a < b for a, b in spans) and all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
+    assert spans[-1][1] <= sf.info(str(mixed_folder / "long.wav")).duration + 0.02
+    vtt = tmp_path / "vtt"
+    proc = run_tool("transcribe.py", model, mixed_folder / "a_8k.wav", mixed_folder / "d.mp3", "--format", "vtt",
+                    "--out", vtt)
+    assert proc.returncode == 0 and sorted(p.name for p in vtt.iterdir()) == ["a_8k.vtt", "d.vtt"]
+    assert (vtt / "d.vtt").read_text().startswith("WEBVTT\n")
+    for args, words in (((model, tmp_path / "nothere.wav"), "no such file or folder"),
+                        ((tmp_path, mixed_folder), "not a model folder"),
+                        ((model, mixed_folder, "--format", "srt"), "needs --out")):
+        proc = run_tool("transcribe.py", *args)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

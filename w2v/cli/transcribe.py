@@ -1,0 +1,171 @@
+"""Transcribe audio with a trained model: files, folders, manifests or shard folders.
+
+    w2v-transcribe runs/x/final talks/ --out talks.jsonl
+    w2v-transcribe runs/x/final interview.m4a --format srt --out interview.srt
+    w2v-transcribe runs/x/final clips.csv --audio-column wav --lm runs/lm --alpha 0.6 --beta 1.5
+
+Greedy decoding, or beam search with a KenLM n-gram (`--lm`, or the LM that `w2v-export` put in the
+model folder, with its tuned weights). Any sample rate and channel count; long recordings are
+chunked (`--chunk-seconds`) and stitched at frame level. One JSONL line per input: path, duration,
+text (and words with their times with `--words`); `txt` writes `path<TAB>text`; `srt`/`vtt`
+write subtitles (one file per input in the folder `--out` when there are several). A file that
+cannot be read is listed with its reason on stderr (and as `error` in JSONL) and counted. Exit
+status: 0 when every input was transcribed, 1 when some could not be, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from w2v.progress import LOG_INTERVAL_SECONDS, Progress
+from w2v.transcribe import InputError, Result, Transcriber, find_inputs
+
+FORMATS = ("jsonl", "txt", "srt", "vtt")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="w2v-transcribe", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("model", help="a model folder (train.py's final/, or one made by w2v-export)")
+    p.add_argument("inputs", nargs="+", help="audio files, folders, manifests (.jsonl/.json/.csv/.tsv) or shard folders")
+    p.add_argument("--out", default=None, help="output file (default: stdout), or a folder for srt/vtt of many inputs")
+    p.add_argument("--format", default=None, choices=FORMATS, help="default: from --out's suffix, else jsonl")
+    p.add_argument("--words", action="store_true", help="JSONL: each word with its start and end in seconds")
+    p.add_argument("--lm", default=None, help="a w2v-build-lm folder or KenLM file; 'none': greedy even if the "
+                                             "model folder holds an LM")
+    p.add_argument("--alpha", type=float, default=None, help="LM weight (default: the exported one, else 0.5)")
+    p.add_argument("--beta", type=float, default=None, help="word bonus (default: the exported one, else 1.0)")
+    p.add_argument("--beam-width", type=int, default=64)
+    p.add_argument("--audio-column", default=None, help="the manifest column that names the audio")
+    p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer recordings are chunked")
+    p.add_argument("--stride-seconds", type=float, default=None, help="overlap at each side of a cut "
+                                                                      "(default: chunk / 6)")
+    p.add_argument("--batch-seconds", type=float, default=160.0, help="padded audio per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--workers", type=int, default=None, help="beam-search processes (default: all cores)")
+    p.add_argument("--log-interval-seconds", type=float, default=LOG_INTERVAL_SECONDS,
+                   help="when stderr is not a terminal: a progress line at most this often")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        fmt, out = check_args(args)
+        sources = find_inputs(args.inputs, args.audio_column)
+        transcriber = Transcriber.load(args.model, args.lm, args.alpha, args.beta, args.beam_width,
+                                       args.workers or os.cpu_count() or 1, args.device,
+                                       chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
+                                       batch_seconds=args.batch_seconds)
+    except (InputError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    writer = Writer(fmt, out, several=len(sources) > 1, words=args.words)
+    try:
+        results = transcriber.transcribe(sources)
+        for result in Progress(results, total=len(sources), desc="transcribing", unit="file",
+                               interval=args.log_interval_seconds):
+            if result.error:
+                failed += 1
+                print(f"{result.path}: not transcribed: {result.error}", file=sys.stderr)
+            writer.write(result)
+    finally:
+        writer.close()
+        transcriber.close()
+    print(f"{len(sources) - failed} of {len(sources)} inputs transcribed"
+          + (f", {failed} could not be read (listed above)" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def check_args(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """The output format and path, and the model folder, checked before any audio is read."""
+    model = Path(args.model)
+    if not model.is_dir():
+        raise InputError(f"{model}: no such model folder")
+    if not (model / "config.json").is_file():
+        raise InputError(f"{model}: not a model folder (no config.json)")
+    out = Path(args.out) if args.out else None
+    fmt = args.format or (out.suffix.lstrip(".") if out is not None and out.suffix.lstrip(".") in FORMATS else "jsonl")
+    if fmt in ("srt", "vtt") and out is None:
+        raise InputError(f"--format {fmt} needs --out (a file, or a folder for several inputs)")
+    return fmt, out
+
+
+class Writer:
+    """Results to stdout or --out in the chosen format; subtitles one file per input in a folder."""
+
+    def __init__(self, fmt: str, out: Path | None, several: bool, words: bool):
+        self.fmt, self.out, self.words = fmt, out, words
+        self.folder = out if fmt in ("srt", "vtt") and (several or (out is not None and out.is_dir())) else None
+        self.handle: TextIO | None = None
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        elif out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(out, "w", encoding="utf-8")  # noqa: SIM115  (closed in close())
+        else:
+            self.handle = sys.stdout
+
+    def write(self, result: Result) -> None:
+        if self.fmt == "jsonl":
+            row: dict = {"path": result.path}
+            if result.error:
+                row["error"] = result.error
+            else:
+                row.update(duration=round(result.duration, 3), text=result.text)
+                if self.words:
+                    row["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in result.words]
+            self.handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        elif result.error:
+            return
+        elif self.fmt == "txt":
+            self.handle.write(f"{result.path}\t{result.text}\n")
+        elif self.folder is not None:
+            target = self.folder / f"{Path(result.path).stem}.{self.fmt}"
+            target.write_text(subtitles(result, self.fmt), encoding="utf-8")
+        else:
+            self.handle.write(subtitles(result, self.fmt))
+        if self.handle is not None:
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None and self.handle is not sys.stdout:
+            self.handle.close()
+
+
+def subtitles(result: Result, fmt: str, max_words: int = 12, max_gap: float = 1.0) -> str:
+    """SRT or WebVTT cues of up to `max_words` words, a new cue after a pause of `max_gap` seconds."""
+    cues, cue = [], []
+    for word in result.words:
+        if cue and (len(cue) == max_words or word.start - cue[-1].end > max_gap):
+            cues.append(cue)
+            cue = []
+        cue.append(word)
+    if cue:
+        cues.append(cue)
+    sep = "," if fmt == "srt" else "."
+    lines = ["WEBVTT", ""] if fmt == "vtt" else []
+    for n, cue in enumerate(cues, start=1):
+        if fmt == "srt":
+            lines.append(str(n))
+        lines.append(f"{_clock(cue[0].start, sep)} --> {_clock(cue[-1].end, sep)}")
+        lines += [" ".join(w.word for w in cue), ""]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _clock(seconds: float, sep: str) -> str:
+    millis = int(round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{sep}{millis:03d}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Transcribing audio that has no transcript: inputs, audio at 16 kHz, chunks, batches, decoding.
+
+    transcriber = Transcriber.load("runs/x/final")            # greedy, or the LM exported there
+    for result in transcriber.transcribe(find_inputs(["talks/"])):
+        print(result.path, result.text)
+
+- Inputs (`find_inputs`): audio files, folders (searched recursively), manifests (`.jsonl`, `.json`
+  arrays, `.csv`, `.tsv` with an audio column) and shard folders (their `index.json`).
+- Audio (`load_audio`): any rate and channel count, down-mixed and resampled to 16 kHz as at sharding
+  (soxr HQ); what libsndfile cannot read (m4a/AAC, WebM, ...) is decoded by the `ffmpeg` command.
+- Chunks: a recording longer than `chunk_seconds` is cut into overlapping chunks, each normalised on
+  its own; the logits of each chunk lose their strides (the frames near a cut, where the model sees
+  half a context) and are joined before decoding: the rule of transformers'
+  `pipeline("automatic-speech-recognition", chunk_length_s=…)`, so a recording of any length needs
+  the memory of one batch of chunks, and a file shorter than a chunk is decoded exactly as
+  `pipeline()` decodes it.
+- Batches: chunks of similar length, up to `batch_seconds` of padded audio; for a model without an
+  attention mask (group-norm feature encoder), only chunks of the same length share a batch, since
+  zero padding would change what such a model computes.
+- Decoding: greedy, or beam search with a KenLM n-gram (`w2v.lm.decode.BeamDecoder`); word times
+  come from the frames of each word (greedy path, or pyctcdecode's word frames).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from w2v.data.audio import TARGET_SR, AudioError, read_audio, resample, to_mono
+from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad
+from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
+from w2v.text import WORD_DELIMITER, TextNormalizer, Vocabulary
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".wma", ".aiff",
+                  ".aif", ".sph"}
+MANIFEST_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv"}
+AUDIO_COLUMNS = ("audio", "audio_filepath", "path", "file", "file_name", "wav", "filename")
+
+
+class InputError(ValueError):
+    """An input argument that names nothing usable (a usage error, not a bad audio file)."""
+
+
+@dataclass
+class Source:
+    """One recording to transcribe: a file path, or a shard member (`data` holds its bytes)."""
+
+    path: str
+    data: bytes | None = None
+
+
+@dataclass
+class Word:
+    word: str
+    start: float
+    end: float
+
+
+@dataclass
+class Result:
+    path: str
+    duration: float = 0.0
+    text: str = ""
+    words: list[Word] = field(default_factory=list)
+    error: str | None = None  # why it could not be transcribed (then nothing else is set)
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def find_inputs(arguments: Iterable[str], audio_column: str | None = None) -> list[Source]:
+    """Every recording the arguments name, in order (a folder's files sorted); an argument that
+    names nothing is an InputError."""
+    sources: list[Source] = []
+    for argument in arguments:
+        path = Path(argument)
+        if path.is_dir() and (path / "index.json").is_file():
+            sources += _shard_members(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise InputError(f"{path}: no audio files in this folder")
+            sources += [Source(str(p)) for p in found]
+        elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+            sources += _manifest_rows(path, audio_column)
+        elif path.is_file():
+            sources.append(Source(str(path)))
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    return sources
+
+
+def _manifest_rows(path: Path, audio_column: str | None) -> list[Source]:
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif path.suffix == ".json":
+        rows = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise InputError(f"{path}: a JSON manifest is a list of rows")
+    else:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
+    if not rows:
+        raise InputError(f"{path}: no rows")
+    columns = [audio_column] if audio_column else AUDIO_COLUMNS
+    column = next((c for c in columns if c in rows[0]), None)
+    if column is None:
+        raise InputError(f"{path}: no audio column (tried {', '.join(columns)}; name it with --audio-column)")
+    return [Source(str(path.parent / str(row[column]))) for row in rows]
+
+
+def _shard_members(folder: Path) -> list[Source]:
+    """The audio members of a shard folder's tar files (the index says which shards)."""
+    index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
+    sources = []
+    for shard in index["shards"]:
+        with tarfile.open(folder / shard["name"]) as tar:
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if member.isfile() and f".{ext}" in AUDIO_SUFFIXES:
+                    sources.append(Source(f"{folder / shard['name']}/{key}", tar.extractfile(member).read()))
+    return sources
+
+
+# --- audio -------------------------------------------------------------------------------------
+
+
+def load_audio(source: Source) -> np.ndarray:
+    """float32 mono samples at 16 kHz; AudioError with a short reason when it cannot be read."""
+    try:
+        data, rate = read_audio(source.data if source.data is not None else source.path)
+    except AudioError as exc:
+        if exc.reason != "decode_error" or source.data is not None or shutil.which("ffmpeg") is None:
+            raise
+        return _ffmpeg_decode(source.path)
+    wave = to_mono(data)
+    return resample(wave, rate) if rate != TARGET_SR else wave.astype(np.float32, copy=False)
+
+
+def _ffmpeg_decode(path: str) -> np.ndarray:
+    """What libsndfile cannot read, through ffmpeg: mono, 16 kHz, float32 on a pipe."""
+    done = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-ac", "1", "-ar", str(TARGET_SR),
+                           "-f", "f32le", "-"], capture_output=True)
+    if done.returncode != 0 or not done.stdout:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError("decode_error", detail[-1] if detail else "ffmpeg could not decode it")
+    return np.frombuffer(done.stdout, dtype=np.float32).copy()
+
+
+# --- chunks ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    item: int  # which recording
+    start: int  # first sample
+    wave: np.ndarray
+    left: int  # samples at each end whose logits are dropped (the overlap with the neighbours)
+    right: int
+
+
+def chunks_of(item: int, wave: np.ndarray, chunk: int, stride: int) -> list[Chunk]:
+    """Overlapping chunks of `chunk` samples, stepping by chunk - 2 * stride (pipeline's chunk_iter)."""
+    if len(wave) <= chunk:
+        return [Chunk(item, 0, wave, 0, 0)]
+    step = chunk - 2 * stride
+    out = []
+    for start in range(0, len(wave), step):
+        end = start + chunk
+        last = end >= len(wave)
+        piece = wave[start:end]
+        left = 0 if start == 0 else stride
+        if len(piece) > left:
+            out.append(Chunk(item, start, piece, left, 0 if last else stride))
+        if last:
+            break
+    return out
+
+
+def batches_of(chunks: list[Chunk], batch_seconds: float, same_length: bool) -> Iterator[list[Chunk]]:
+    """Chunks by length, each batch at most `batch_seconds` of padded audio (at least one chunk)."""
+    cap = int(batch_seconds * TARGET_SR)
+    batch: list[Chunk] = []
+    for chunk in sorted(chunks, key=lambda c: (-len(c.wave), c.item, c.start)):
+        longest = len(batch[0].wave) if batch else len(chunk.wave)
+        if batch and ((len(batch) + 1) * longest > cap or (same_length and len(chunk.wave) != longest)):
+            yield batch
+            batch = []
+        batch.append(chunk)
+    if batch:
+        yield batch
+
+
+# --- the transcriber ---------------------------------------------------------------------------
+
+
+class Transcriber:
+    """A CTC model folder, ready to turn recordings into text (greedy, or with a KenLM n-gram)."""
+
+    def __init__(self, model, vocab: Vocabulary, decoder: BeamDecoder | None = None, device: str = "cpu",
+                 chunk_seconds: float = 30.0, stride_seconds: float | None = None, batch_seconds: float = 160.0):
+        self.model = model.eval().to(device)
+        self.vocab, self.decoder, self.device = vocab, decoder, device
+        self.ratio = int(np.prod(model.config.conv_stride))  # samples per output frame
+        align = self.ratio  # chunk and stride lengths in whole frames, as pipeline() rounds them
+        stride_seconds = chunk_seconds / 6 if stride_seconds is None else stride_seconds
+        self.chunk = int(round(chunk_seconds * TARGET_SR / align)) * align
+        self.stride = int(round(stride_seconds * TARGET_SR / align)) * align
+        if self.chunk <= 2 * self.stride:
+            raise ValueError(f"--chunk-seconds {chunk_seconds:g} must be more than twice --stride-seconds "
+                             f"{stride_seconds:g}")
+        self.batch_seconds = batch_seconds
+        self.mask = bool(getattr(model.config, "feat_extract_norm", "group") == "layer")
+        self.inverse = vocab.decoding_table()
+
+    @classmethod
+    def load(cls, model_dir: str | Path, lm: str | Path | None = None, alpha: float | None = None,
+             beta: float | None = None, beam_width: int = 64, processes: int = 1, device: str = "cpu",
+             **options) -> Transcriber:
+        """The model, its vocabulary, and a beam decoder when `lm` is given or the folder holds an
+        exported LM (`language_model/`, its alpha and beta in attrs.json); `lm="none"`: greedy."""
+        import transformers
+        from transformers import Wav2Vec2ForCTC
+
+        from w2v.progress import on_terminal
+
+        if not on_terminal():  # its "Loading weights" bar is not for log files
+            transformers.utils.logging.disable_progress_bar()
+        model_dir = Path(model_dir)
+        vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir))
+        model = Wav2Vec2ForCTC.from_pretrained(model_dir)
+        decoder = None
+        if lm is None and (model_dir / "language_model").is_dir():
+            lm = model_dir / "language_model"
+            attrs = lm / "attrs.json"  # pyctcdecode's: the alpha and beta it was exported with
+            weights = json.loads(attrs.read_text()) if attrs.is_file() else {}
+            alpha = weights.get("alpha", 0.5) if alpha is None else alpha
+            beta = weights.get("beta", 1.0) if beta is None else beta
+        if lm is not None and str(lm) != "none":
+            lm_file = find_lm_file(lm)
+            labels = labels_from_vocab(vocab.tokens, size=model.config.vocab_size, pad=vocab.specials.pad,
+                                       unk=vocab.specials.unk, delimiter=vocab.specials.delimiter)
+            decoder = BeamDecoder(labels, lm_file, load_unigrams(lm_file), 0.5 if alpha is None else alpha,
+                                  1.0 if beta is None else beta, beam_width, processes)
+        return cls(model, vocab, decoder, device, **options)
+
+    def transcribe(self, sources: Iterable[Source], batch_files: int = 64) -> Iterator[Result]:
+        """Results in input order, `batch_files` recordings at a time (their chunks batched together)."""
+        group: list[Source] = []
+        for source in sources:
+            group.append(source)
+            if len(group) == batch_files:
+                yield from self._transcribe_group(group)
+                group = []
+        if group:
+            yield from self._transcribe_group(group)
+
+    def _transcribe_group(self, sources: list[Source]) -> list[Result]:
+        results, waves = [], {}
+        for k, source in enumerate(sources):
+            try:
+                wave = load_audio(source)
+            except AudioError as exc:  # the reason, and the detail when it says more than the path
+                detail = exc.detail.removeprefix(source.path).lstrip(": ")
+                results.append(Result(source.path, error=f"{exc.reason}: {detail}" if detail else exc.reason))
+                continue
+            if len(wave) < self.ratio:
+                results.append(Result(source.path, error=f"too_short: {len(wave)} samples"))
+                continue
+            results.append(Result(source.path, duration=len(wave) / TARGET_SR))
+            waves[k] = wave
+        logits = self._logits(waves)
+        for k, frames in logits.items():
+            results[k].text, results[k].words = self._decode(frames)
+        return results
+
+    def _logits(self, waves: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """Log-probabilities [T, V] per recording, its chunks' strides dropped and joined."""
+        chunks = [c for k, wave in waves.items() for c in chunks_of(k, wave, self.chunk, self.stride)]
+        pieces: dict[int, list[tuple[int, np.ndarray]]] = {k: [] for k in waves}
+        with torch.inference_mode():
+            for batch in batches_of(chunks, self.batch_seconds, same_length=not self.mask):
+                sizes = [len(c.wave) for c in batch]
+                values = torch.from_numpy(normalize_and_pad([c.wave for c in batch])).to(self.device)
+                mask = (torch.from_numpy(attention_mask_from_lengths(sizes, values.shape[1])).to(self.device)
+                        if self.mask else None)
+                out = torch.log_softmax(self.model(values, attention_mask=mask).logits.float(), dim=-1).cpu().numpy()
+                for chunk, size, rows in zip(batch, sizes, out, strict=True):
+                    frames = int(self.model._get_feat_extract_output_lengths(torch.tensor(size)))
+                    # pipeline()'s rescale_stride: the strides in frames, rounded from samples
+                    left = int(round(chunk.left / size * frames))
+                    right = int(round(chunk.right / size * frames))
+                    pieces[chunk.item].append((chunk.start, rows[left:frames - right]))
+        return {k: np.concatenate([rows for _, rows in sorted(parts, key=lambda p: p[0])]) for k, parts in pieces.items()}
+
+    def _decode(self, log_probs: np.ndarray) -> tuple[str, list[Word]]:
+        seconds_per_frame = self.ratio / TARGET_SR
+        if self.decoder is not None:
+            beam = self.decoder.decoder.decode_beams(log_probs, beam_width=self.decoder.beam_width)[0]
+            words = [Word(w, round(a * seconds_per_frame, 3), round(b * seconds_per_frame, 3)) for w, (a, b) in beam[2]]
+            return beam[0], words
+        text = greedy_decode(log_probs, self.inverse, self.vocab.pad_id)[0]
+        return text, greedy_words(log_probs.argmax(-1), self.inverse, self.vocab.pad_id, seconds_per_frame)
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
+
+
+def greedy_words(ids: np.ndarray, inverse: dict[int, str], blank: int, seconds_per_frame: float) -> list[Word]:
+    """Words of the best path with their times: from the first frame of a word's first character to
+    the last frame of its last one."""
+    words, chars, start, end, previous = [], [], 0, 0, -1
+    for frame, i in enumerate(ids.tolist()):
+        if i == previous:
+            if chars and i != blank:
+                end = frame + 1
+            continue
+        previous = i
+        token = inverse.get(i, "")
+        if i == blank:
+            continue
+        if token in (WORD_DELIMITER, " "):
+            if chars:
+                words.append(Word("".join(chars), round(start * seconds_per_frame, 3), round(end * seconds_per_frame, 3)))
+            chars = []
+            continue
+        if not chars:
+            start = frame
+        chars.append(token)
+        end = frame + 1
+    if chars:
+        words.append(Word("".join(chars), round(start * seconds_per_frame, 3), round(end * seconds_per_frame, 3)))
+    return words
