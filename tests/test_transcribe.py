@@ -89,3 +89,34 @@ def test_subtitles_and_usage_errors(memorised, mixed_folder, tmp_path):
                         ((model, mixed_folder, "--format", "srt"), "needs --out")):
         proc = run_tool("transcribe.py", *args)
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_export_then_transcribe_decodes_with_the_tuned_lm(memorised, cv_shards, tmp_path):
+    """w2v-evaluate --tune --json → w2v-export --tuned → a folder that pipeline() loads with the LM and
+    that w2v-transcribe decodes with, by default, exactly as w2v-evaluate's LM decode."""
+    shards, expected = cv_shards
+    text = tmp_path / "lm.txt"
+    text.write_text("".join(t + "\n" for _, t in expected.written.values()))
+    run_tool("build_lm.py", "--text", text, "--order", "3", "--out", tmp_path / "lm", check=True)
+    dev, errors = tmp_path / "dev.json", tmp_path / "errors.jsonl"
+    run_tool("evaluate.py", "--model", memorised / "final", "--shards", shards, "--lm", tmp_path / "lm", "--tune",
+             "--alphas", "0.3", "0.9", "--betas", "0.5", "2.0", "--workers", "1", "--json", dev, "--errors", errors,
+             check=True)
+    tuned = json.loads(dev.read_text())["lm"]
+    exported = tmp_path / "exported"
+    proc = run_tool("export.py", memorised / "final", "--lm", tmp_path / "lm", "--tuned", dev, "--out", exported)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    attrs = json.loads((exported / "language_model" / "attrs.json").read_text())
+    assert (attrs["alpha"], attrs["beta"]) == (tuned["alpha"], tuned["beta"])
+    assert asr_pipeline(exported).type == "ctc_with_lm"
+    out = tmp_path / "out.jsonl"
+    proc = run_tool("transcribe.py", exported, shards, "--out", out, "--workers", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours = {r["path"].rsplit("/", 1)[1]: r["text"] for r in map(json.loads, out.read_text().splitlines())}
+    theirs = {r["key"]: r["hyp"] for r in map(json.loads, errors.read_text().splitlines())}
+    assert ours == theirs and len(ours) == len(expected.written)
+    again = run_tool("export.py", memorised / "final", "--lm", tmp_path / "lm", "--tuned", dev, "--out", exported)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    typo = run_tool("export.py", memorised / "final", "--lm", tmp_path / "lm3", "--alpha", "1", "--beta", "1",
+                    "--out", tmp_path / "x")
+    assert typo.returncode == 2 and "no such LM file or folder" in typo.stderr and not (tmp_path / "x").exists()
