@@ -33,12 +33,14 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
 from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
+from w2v.data.columns import select_shards
 from w2v.data.labels import vocabulary_from_shards
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.data.padding import pad_labels
 from w2v.lm.decode import greedy_decode
 from w2v.metrics import ErrorCounts
 from w2v.model import (
+    CHECKPOINT_MODEL_FILES,
     CTCModel,
     build_processor,
     check_model_config,
@@ -114,6 +116,13 @@ def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- model
     model, head_note = load_model(cfg, vocab)
     processor = build_processor(vocab_file, model.config, vocab)
+
+    def model_files(folder: Path, weights: bool = False) -> None:
+        """What makes a folder a model (config, processor, normaliser), with the weights if asked."""
+        hf_model = accelerator.unwrap_model(ctc_model).model if weights else model
+        (hf_model.save_pretrained if weights else hf_model.config.save_pretrained)(folder)
+        processor.save_pretrained(folder)
+        normalizer.save(folder)
     use_mask = wants_attention_mask(model.config)
     conv = (model.config.conv_kernel, model.config.conv_stride)
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
@@ -122,8 +131,12 @@ def main(cfg: TrainConfig) -> None:
 
     # ---------------------------------------------------------------- data
     ranks = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
-    train_loader = SpeechLoader(cfg.train_shards, loader_config(cfg, True, use_mask), labeler=vocab.encode,
-                                conv_kernel=conv[0], conv_stride=conv[1], index=cfg.train_index, **ranks)
+    try:
+        train_loader = SpeechLoader(cfg.train_shards, loader_config(cfg, True, use_mask), labeler=vocab.encode,
+                                    conv_kernel=conv[0], conv_stride=conv[1], index=cfg.train_index, **ranks)
+    except ValueError as exc:  # every utterance filtered out: how many, and why
+        raise ConfigError(f"--train_shards {cfg.train_shards}: {exc} (see min_duration, max_duration and "
+                          "max_batch_seconds)") from None
     # evaluation scores every utterance, from its text: no labels, so no label-based filters
     eval_loader = SpeechLoader(cfg.eval_shards, loader_config(cfg, False, use_mask), index=cfg.eval_index,
                                **ranks) if cfg.eval_shards else None
@@ -204,9 +217,11 @@ def main(cfg: TrainConfig) -> None:
             write_record(metrics_file, {"update": update, **record}, accelerator)
             say(f"\nupdate {update}: eval WER {100 * record['eval_wer']:.2f}%  CER {100 * record['eval_cer']:.2f}% "
                 f"over {record['eval_utterances']} utterances; not scored: {record['eval_excluded'] or 'none'}")
+            if main_proc and keep_if_best(out, cfg, update, record, model_files):
+                say(f"update {update}: the best {cfg.metric_for_best_model} so far: saved {out / 'best'}")
         if update % cfg.save_steps == 0 or update == max_steps or step.stop:  # the last too: it can go on
             save_checkpoint(accelerator, out, update, cfg, train_loader, counters, vocab_file,
-                            {"max_steps": max_steps, "warmup_steps": warmup})
+                            {"max_steps": max_steps, "warmup_steps": warmup}, model_files)
         if step.stop:  # every rank agreed in optimizer_step: they all leave after the same update
             bar.close()
             say(f"stopped by {preemption.received or 'a signal on another rank'} after update {update}: "
@@ -218,7 +233,12 @@ def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- the end: a Hugging Face folder
     accelerator.wait_for_everyone()
     if main_proc:
-        final = save_final(accelerator.unwrap_model(ctc_model).model, processor, normalizer, out)
+        if cfg.load_best_model_at_end and (out / "best").is_dir():
+            final = copy_best_to_final(out)
+            best = json.loads((final / BEST_STATE).read_text())
+            say(f"final/ is the best model: update {best['update']}, {best['metric']} {best['value']:.4f}")
+        else:
+            final = save_final(accelerator.unwrap_model(ctc_model).model, processor, normalizer, out)
         say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")
         metrics_file.close()
     if counters["skipped_nonfinite"] or counters["skipped_overflow"]:  # every rank: they must agree
@@ -229,6 +249,9 @@ def main(cfg: TrainConfig) -> None:
 # ==================================================================================================
 # The pieces the loop uses, in the order it uses them
 # ==================================================================================================
+
+
+BEST_METRICS = ("eval_wer", "eval_cer", "eval_loss")
 
 
 def check_inputs(cfg: TrainConfig) -> None:
@@ -249,6 +272,17 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"--log_format {cfg.log_format}: choose text or json")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
         raise ConfigError(f"--save_total_limit {cfg.save_total_limit}: keep at least 1 checkpoint (unset: all)")
+    for flag, spec, index in (("--train_shards", cfg.train_shards, cfg.train_index),
+                              ("--eval_shards", cfg.eval_shards, cfg.eval_index)):
+        if spec:  # a typo is named before any model work
+            try:
+                select_shards(spec, index)
+            except ValueError as exc:
+                raise ConfigError(f"{flag}: {exc}") from None
+    if cfg.metric_for_best_model not in BEST_METRICS:
+        raise ConfigError(f"--metric_for_best_model {cfg.metric_for_best_model}: choose one of {', '.join(BEST_METRICS)}")
+    if cfg.load_best_model_at_end and not cfg.eval_shards:
+        raise ConfigError("--load_best_model_at_end needs --eval_shards (the best model is the best on them)")
     if cfg.lr_scheduler_type not in SCHEDULES:
         raise ConfigError(f"--lr_scheduler_type {cfg.lr_scheduler_type}: choose one of {', '.join(SCHEDULES)}")
 
@@ -489,9 +523,41 @@ def save_final(model, processor, normalizer: TextNormalizer, out: Path) -> Path:
     return final
 
 
+BEST_STATE = "best_state.json"  # in OUTPUT_DIR/best: the update, metric and value it was kept for
+
+
+def keep_if_best(out: Path, cfg: TrainConfig, update: int, record: dict, model_files) -> bool:
+    """OUTPUT_DIR/best/ becomes this model when its metric beats the one kept (or none is kept yet;
+    a resumed run compares with what best/ holds). A NaN metric never wins."""
+    value = record[cfg.metric_for_best_model]
+    if not math.isfinite(value):
+        return False
+    state_file = out / "best" / BEST_STATE
+    if state_file.is_file():
+        kept = json.loads(state_file.read_text())
+        if kept["metric"] == cfg.metric_for_best_model and (
+                value <= kept["value"] if cfg.greater_is_better else value >= kept["value"]):
+            return False
+    with atomic_dir(out / "best") as tmp:
+        model_files(tmp, weights=True)
+        (tmp / BEST_STATE).write_text(json.dumps({"update": update, "metric": cfg.metric_for_best_model,
+                                                  "value": value, "greater_is_better": cfg.greater_is_better}))
+    return True
+
+
+def copy_best_to_final(out: Path) -> Path:
+    final = out / "final"
+    with atomic_dir(final) as tmp:
+        tmp.rmdir()
+        shutil.copytree(out / "best", tmp)
+    return final
+
+
 def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: TrainConfig, loader: SpeechLoader,
-                    counters: dict, vocab_file: Path, schedule: dict) -> None:
-    """save_state into a temporary folder, renamed when complete: a crash never damages the last good one."""
+                    counters: dict, vocab_file: Path, schedule: dict, model_files) -> None:
+    """save_state into a temporary folder, renamed when complete: a crash never damages the last good one.
+    Its `model/` holds the model's config, processor and normaliser, so that w2v-evaluate and
+    w2v-transcribe read a checkpoint as a model (w2v.model.load_for_inference)."""
     root = out / "checkpoints"
     # every rank writes into it (its own RNG and loader state), so the name is fixed, not random
     tmp, final = root / f".step-{update}{TMP_SUFFIX}", root / f"step-{update}"
@@ -509,6 +575,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: Train
                  "config": {k: getattr(cfg, k) for k in RESUME_MUST_MATCH}}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
         shutil.copyfile(vocab_file, tmp / "vocab.json")
+        model_files(tmp / CHECKPOINT_MODEL_FILES)
         replace_path(tmp, final)
         kept = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in kept[: max(0, len(kept) - (cfg.save_total_limit or len(kept)))]:

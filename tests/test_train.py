@@ -398,6 +398,68 @@ def test_a_damaged_shard_in_a_two_rank_run_neither_hangs_nor_stops_it(cv_shards,
     assert recs[-1]["drops"].get("corrupt_shard", 0) >= 1
 
 
+def test_the_best_model_is_kept_and_checkpoints_are_models(cv_shards, tmp_path):
+    """Evaluations at updates 2, 4 and 6: best/ holds the model of the lowest eval_loss, final/ is it
+    with load_best_model_at_end, and a checkpoint is a model that w2v-evaluate reads."""
+    from w2v.model import load_for_inference
+
+    shards, expected = cv_shards
+    out = tmp_path / "run"
+    proc = train_directly(out, shards, *CONSTANT, "--max_steps", "6", "--eval_steps", "2", "--save_steps", "2",
+                          "--save_total_limit", "3", "--eval_shards", str(shards), "--metric_for_best_model",
+                          "eval_loss", "--load_best_model_at_end", "true")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = {r["update"]: r["eval_loss"] for r in records(out) if "eval_loss" in r}
+    assert sorted(evals) == [2, 4, 6] and len(set(evals.values())) == 3
+    best = min(evals, key=evals.get)
+    state = json.loads((out / "best" / "best_state.json").read_text())
+    assert state["update"] == best and state["metric"] == "eval_loss" and state["value"] == pytest.approx(evals[best])
+    assert f"final/ is the best model: update {best}" in proc.stdout
+    kept = load_file(out / "best" / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    checkpoint, files = load_for_inference(out / "checkpoints" / f"step-{best}")
+    assert files == out / "checkpoints" / f"step-{best}" / "model"
+    for name, value in checkpoint.state_dict().items():
+        assert torch.equal(value, kept[name]) and torch.equal(value, final[name]), name
+    report = tmp_path / "eval.json"
+    proc = run_tool("evaluate.py", "--model", out / "checkpoints" / "step-6", "--shards", shards, "--json", report)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(report.read_text())["utterances"] == len(expected.written)
+    refused = train_directly(tmp_path / "no-eval", shards, "--max_steps", "1", "--load_best_model_at_end", "true")
+    assert refused.returncode == 2 and "needs --eval_shards" in refused.stderr
+
+
+def test_mistakes_are_one_error_line_before_any_model_work(cv_shards, tmp_path):
+    """Plausible mistakes end in one `error:` line and exit 2, without a traceback; parsing and the
+    checks run before the model is built."""
+    from w2v.config import ConfigError, parse_config
+
+    shards, _ = cv_shards
+    base = ["--config", TINY, "--train_shards", str(shards)]
+    for args, words in (
+        (["--learnig_rate", "3"], "unknown flag --learnig_rate (did you mean --learning_rate?)"),
+        (["--eval_shards", str(tmp_path / "dev")], f"--eval_shards: {tmp_path / 'dev'}: no such file or folder"),
+        (["--metric_for_best_model", "wer"], "choose one of eval_wer, eval_cer, eval_loss"),
+        (["--lr_scheduler_type", "cosine_with_restarts"], "--lr_scheduler_type cosine_with_restarts: choose one of"),
+        (["lonely"], "values without a flag: lonely"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            train.check_inputs(parse_config(base + args))
+        assert words in str(err.value), (args, str(err.value))
+    with pytest.raises(ConfigError, match="no such file"):
+        parse_config(["--config", str(tmp_path / "nothere.yaml")])
+    # --config=FILE, and Hugging Face's space-separated form of a character list
+    cfg = parse_config([f"--config={TINY}", "--train_shards", "s", "--chars_to_ignore", ",", "?", ".", "!"])
+    assert cfg.chars_to_ignore == ",?.!" and cfg.max_steps == 4  # the YAML was read
+    # as the user sees them: exit status 2 and the error line alone
+    for args, words in ((["--learnig_rate", "3"], "did you mean --learning_rate?"),
+                        (["--max_duration", "0.05"], "passes the filters")):
+        proc = train_directly(tmp_path / "x", shards, *args)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    helped = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--config FILE.yaml" in helped.stdout
+
+
 # --- runs that survive a cluster: continued, preempted, output folders ---------------------------
 
 

@@ -99,10 +99,13 @@ def test_export_then_transcribe_decodes_with_the_tuned_lm(memorised, cv_shards, 
     text.write_text("".join(t + "\n" for _, t in expected.written.values()))
     run_tool("build_lm.py", "--text", text, "--order", "3", "--out", tmp_path / "lm", check=True)
     dev, errors = tmp_path / "dev.json", tmp_path / "errors.jsonl"
-    run_tool("evaluate.py", "--model", memorised / "final", "--shards", shards, "--lm", tmp_path / "lm", "--tune",
-             "--alphas", "0.3", "0.9", "--betas", "0.5", "2.0", "--workers", "1", "--json", dev, "--errors", errors,
-             check=True)
+    proc = run_tool("evaluate.py", "--model", memorised / "final", "--shards", shards, "--lm", tmp_path / "lm",
+                    "--tune", "--alphas", "0.3", "0.9", "--betas", "0.5", "2.0", "--workers", "1", "--json", dev,
+                    "--errors", errors, check=True)
     tuned = json.loads(dev.read_text())["lm"]
+    # the grid is printed, and a 2 x 2 grid's best is always on its edge: said on stderr
+    assert "WER by alpha (rows) and beta (columns)" in proc.stdout and "a=0.3" in proc.stdout
+    assert "on the grid's edge" in proc.stderr
     exported = tmp_path / "exported"
     proc = run_tool("export.py", memorised / "final", "--lm", tmp_path / "lm", "--tuned", dev, "--out", exported)
     assert proc.returncode == 0, proc.stderr[-3000:]

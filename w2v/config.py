@@ -9,6 +9,7 @@ The YAML gives defaults, the command line overrides them. `model_config` (a dict
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,11 @@ class TrainConfig:
     save_steps: int = 500
     save_total_limit: int | None = field(default=2, metadata={
         "help": "checkpoints kept, the newest (at least 1; unset: all)"})
+    metric_for_best_model: str = field(default="eval_wer", metadata={
+        "help": "eval_wer | eval_cer | eval_loss: OUTPUT_DIR/best/ keeps the model that scored best on it"})
+    greater_is_better: bool = field(default=False, metadata={"help": "whether a larger metric_for_best_model is better"})
+    load_best_model_at_end: bool = field(default=False, metadata={
+        "help": "final/ is the best model (best/) rather than the last one; needs --eval_shards"})
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": "latest | auto (latest if there is one, else a fresh start: for requeued jobs) | a checkpoint folder"})
     preemption_signals: str = field(default="SIGTERM,SIGUSR1", metadata={
@@ -127,34 +133,76 @@ def read_yaml(path: str | Path) -> dict:
     """The settings of a YAML config file; an unknown key is an error (a typo must not pass)."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"error: --config {path}: no such file")
-    values = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected `key: value` lines")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise SystemExit(f"error: {path}: unknown keys {unknown}")
+        raise ConfigError(f"{path}: unknown keys {', '.join(_with_suggestion(k, known) for k in unknown)}")
     return values
 
 
+def _with_suggestion(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"{name} (did you mean {close[0]}?)" if close else name
+
+
+# options whose value Hugging Face's scripts take as a space-separated list of characters
+CHARACTER_LISTS = ("--chars_to_ignore",)
+
+
+def _join_character_lists(argv: list[str]) -> list[str]:
+    """`--chars_to_ignore , ? . !` (run_speech_recognition_ctc.py's form) as `--chars_to_ignore ,?.!`."""
+    out, i = [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] in CHARACTER_LISTS:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            if j > i + 1:
+                out.append("".join(argv[i + 1:j]))
+            i = j
+        else:
+            i += 1
+    return out
+
+
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    """`--config FILE.yaml` for defaults, then `--key value` overrides (Hugging Face names)."""
+    """`--config FILE.yaml` for defaults, then `--key value` overrides (Hugging Face names). A
+    mistake (a missing or bad YAML, an unknown flag: the closest one is named) is a ConfigError."""
     from transformers import HfArgumentParser
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _join_character_lists(list(sys.argv[1:] if argv is None else argv))
     yaml_values: dict = {}
     config_path = None
     for i, arg in enumerate(argv):
         if arg == "--config" or arg.startswith("--config="):
             config_path = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else None)
-            if not config_path:
-                raise SystemExit("error: --config needs a YAML file")
+            if not config_path or config_path.startswith("--"):
+                raise ConfigError("--config needs a YAML file")
             yaml_values = read_yaml(config_path)
             del argv[i:i + (1 if "=" in arg else 2)]
             break
     parser = HfArgumentParser(TrainConfig)
+    parser.add_argument("--config", metavar="FILE.yaml", help="a YAML file whose settings are the defaults that the "
+                        "flags override (configs/*.yaml)")
     # YAML values become the defaults the command line overrides
     parser.set_defaults(**{k: v for k, v in yaml_values.items() if k not in YAML_ONLY})
-    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    cfg, *_, remaining = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if remaining:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        flags = [a.split("=", 1)[0].lstrip("-") for a in remaining if a.startswith("--")]
+        if flags:
+            raise ConfigError(f"unknown flag{'s' if len(flags) > 1 else ''} "
+                              + ", ".join("--" + _with_suggestion(f, known).replace("(did you mean ", "(did you mean --")
+                                          for f in flags))
+        raise ConfigError(f"values without a flag: {' '.join(remaining)}")
     for key in YAML_ONLY:
         if key in yaml_values:
             setattr(cfg, key, yaml_values[key])

@@ -229,15 +229,15 @@ class Transcriber:
         """The model, its vocabulary, and a beam decoder when `lm` is given or the folder holds an
         exported LM (`language_model/`, its alpha and beta in attrs.json); `lm="none"`: greedy."""
         import transformers
-        from transformers import Wav2Vec2ForCTC
 
+        from w2v.model import load_for_inference
         from w2v.progress import on_terminal
 
         if not on_terminal():  # its "Loading weights" bar is not for log files
             transformers.utils.logging.disable_progress_bar()
+        model, files = load_for_inference(model_dir)  # a model folder, or a train.py checkpoint
+        vocab = Vocabulary.load(files / "vocab.json", TextNormalizer.load(files))
         model_dir = Path(model_dir)
-        vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir))
-        model = Wav2Vec2ForCTC.from_pretrained(model_dir)
         decoder = None
         if lm is None and (model_dir / "language_model").is_dir():
             lm = model_dir / "language_model"

@@ -24,14 +24,15 @@ from transformers import Wav2Vec2ForCTC
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
 from w2v.metrics import ErrorCounts
-from w2v.model import wants_attention_mask
+from w2v.model import load_for_inference, wants_attention_mask
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 from w2v.text import TextNormalizer, Vocabulary
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a model folder (train.py's OUTPUT_DIR/final)")
+    p.add_argument("--model", required=True,
+                   help="a model folder (train.py's OUTPUT_DIR/final or best) or a checkpoint (OUTPUT_DIR/checkpoints/step-N)")
     p.add_argument("--shards", required=True, help="shard folder, pattern or URLs")
     p.add_argument("--index", default=None, help="index.json for pipe:/URL shards")
     p.add_argument("--lm", default=None, help="a folder from w2v-build-lm (or an .arpa/.bin file)")
@@ -51,12 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def acoustic_outputs(model_dir: Path, shards: str, index: str | None, max_batch_seconds: float,
+def acoustic_outputs(model: Wav2Vec2ForCTC, shards: str, index: str | None, max_batch_seconds: float,
                      log_interval: float = LOG_INTERVAL_SECONDS):
     """Log-probabilities per utterance ([T_i, V] float32), keys, texts, audio seconds, model seconds,
     and the loader: every utterance of the index is scored (LoaderConfig.evaluation, the rule
     train.py's evaluation follows too), except what damaged data makes unreadable (its drops)."""
-    model = Wav2Vec2ForCTC.from_pretrained(model_dir).eval()
     loader = SpeechLoader(shards, LoaderConfig.evaluation(max_batch_seconds, wants_attention_mask(model.config)),
                           index=index)
     outputs, keys, texts, audio, compute = [], [], [], 0.0, 0.0
@@ -83,9 +83,10 @@ def score(refs: list[str], hyps: list[str]) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    model_dir = Path(args.model)
-    if not (model_dir / "config.json").is_file():
-        print(f"error: {model_dir}: not a model folder (no config.json)", file=sys.stderr)
+    try:  # a model folder, or a train.py checkpoint (checkpoints/step-N)
+        model, model_dir = load_for_inference(args.model)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir))
     vocab.normalizer = vocab.normalizer.for_vocabulary(vocab)  # a hub checkpoint's upper-case letters
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: --lm {args.lm}: {exc}", file=sys.stderr)
         return 2
-    log_probs, keys, texts, audio, compute, loader = acoustic_outputs(model_dir, args.shards, args.index,
+    log_probs, keys, texts, audio, compute, loader = acoustic_outputs(model, args.shards, args.index,
                                                                       args.max_batch_seconds, args.log_interval_seconds)
     refs = [vocab.normalizer(t) for t in texts]
     unknown = vocab.unknown_chars(texts)
@@ -160,7 +161,30 @@ def per_utterance(keys, refs, greedy, lm_hyps) -> list[dict]:
     return rows
 
 
+def print_grid(grid: list[dict]) -> None:
+    """WER per alpha (rows) and beta (columns), and a warning when the best point is on the grid's
+    edge: the best may lie beyond it."""
+    alphas, betas = sorted({p["alpha"] for p in grid}), sorted({p["beta"] for p in grid})
+    wer = {(p["alpha"], p["beta"]): p["wer"] for p in grid}
+    print("\nWER by alpha (rows) and beta (columns):")
+    print(f"{'':>8}" + "".join(f"{'b=' + format(b, 'g'):>9}" for b in betas))
+    for a in alphas:
+        print(f"{'a=' + format(a, 'g'):>8}" + "".join(f"{100 * wer[(a, b)]:8.2f}%" if (a, b) in wer else f"{'':>9}"
+                                                   for b in betas))
+    best = min(grid, key=lambda p: (p["wer"], p["cer"]))
+    edges = []
+    for name, values in (("alpha", alphas), ("beta", betas)):
+        if len(values) > 1 and best[name] in (values[0], values[-1]):
+            side = "smallest" if best[name] == values[0] else "largest"
+            edges.append(f"{name} {best[name]:g} is the {side} of --{name}s")
+    if edges:
+        print(f"warning: the best point is on the grid's edge ({'; '.join(edges)}): widen the grid there, "
+              "the best may lie beyond it", file=sys.stderr)
+
+
 def print_report(result: dict, tuned: bool) -> None:
+    if tuned and "grid" in result:
+        print_grid(result["grid"])
     print(f"\n{result['utterances']} of the index's {result['index_utterances']} utterances scored, "
           f"{result['audio_seconds'] / 60:.1f} min of audio; not scored: {result['excluded'] or 'none'}; "
           f"empty references (their words count as insertions): {result['empty_references']}")

@@ -31,7 +31,8 @@ FORMATS = ("jsonl", "txt", "srt", "vtt")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="w2v-transcribe", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("model", help="a model folder (train.py's final/, or one made by w2v-export)")
+    p.add_argument("model", help="a model folder (train.py's final/ or best/, one made by w2v-export) or a "
+                                 "checkpoint (OUTPUT_DIR/checkpoints/step-N)")
     p.add_argument("inputs", nargs="+", help="audio files, folders, manifests (.jsonl/.json/.csv/.tsv) or shard folders")
     p.add_argument("--out", default=None, help="output file (default: stdout), or a folder for srt/vtt of many inputs")
     p.add_argument("--format", default=None, choices=FORMATS, help="default: from --out's suffix, else jsonl")
@@ -88,8 +89,8 @@ def check_args(args: argparse.Namespace) -> tuple[str, Path | None]:
     model = Path(args.model)
     if not model.is_dir():
         raise InputError(f"{model}: no such model folder")
-    if not (model / "config.json").is_file():
-        raise InputError(f"{model}: not a model folder (no config.json)")
+    if not (model / "config.json").is_file() and not (model / "trainer_state.json").is_file():
+        raise InputError(f"{model}: not a model folder (no config.json) nor a train.py checkpoint")
     out = Path(args.out) if args.out else None
     fmt = args.format or (out.suffix.lstrip(".") if out is not None and out.suffix.lstrip(".") in FORMATS else "jsonl")
     if fmt in ("srt", "vtt") and out is None:

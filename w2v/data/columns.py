@@ -236,6 +236,8 @@ def select_shards(spec, index: str | None = None) -> list[SelectedShard]:
     stores: dict[str, tuple[ShardColumns, dict[str, int]]] = {}
     selected = []
     for url in urls:
+        if not is_remote(url) and not os.path.exists(url):
+            raise ValueError(f"{url}: no such file or folder")
         location = index or default_index(url)
         if location is None:
             raise ValueError(f"{url}: pass the index.json location for pipe: shards (index=...)")
