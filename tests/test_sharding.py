@@ -400,3 +400,34 @@ def test_dry_run_prints_the_parts(commonvoice):
                     "--part", "0", "--dry-run", check=True)
     assert "12 inputs in 2 parts" in proc.stdout and "part 1: inputs 6..11, 6 inputs" in proc.stdout
     assert not Path("/nonexistent/never").exists()
+
+
+def test_manifest_columns_json_lists_empty_inputs_and_m4a(commonvoice, tmp_path):
+    """`wav,transcription` columns named by flags; an m4a (AAC, which libsndfile cannot read) decoded
+    through ffmpeg; a .json list; an empty manifest refused alike whatever its format."""
+    src, _ = commonvoice
+    clip = src / "clips" / "common_voice_en_0.mp3"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(clip), "-c:a", "aac", str(tmp_path / "b.m4a")], check=True)
+    subprocess.run(["sox", str(clip), "-r", "22050", str(tmp_path / "c.wav")], check=True)
+    (tmp_path / "a.mp3").write_bytes(clip.read_bytes())
+    rows = [("a.mp3", "the quick brown fox"), ("b.m4a", "jumps over"), ("c.wav", "the lazy dog")]
+    (tmp_path / "m.csv").write_text("wav,transcription\n" + "".join(f"{a},{t}\n" for a, t in rows))
+    out = tmp_path / "out"
+    run_tool("make_shards.py", tmp_path / "m.csv", "--audio-column", "wav", "--text-column", "transcription",
+             "--out", out, "--no-progress", check=True)
+    got = read_back(out)
+    assert {k: m["text"] for k, (_, _, m, _) in got.items()} == {"a": rows[0][1], "b": rows[1][1], "c": rows[2][1]}
+    source = source_at_16k(tmp_path / "c.wav")
+    assert_same_audio(got["c"][0], source, False, "c")
+    assert abs(len(got["b"][0]) - len(got["a"][0])) < 0.1 * 16000  # AAC adds its priming samples, no more
+    (tmp_path / "list.json").write_text(json.dumps([{"audio": a, "text": t} for a, t in rows[:2]]))
+    run_tool("make_shards.py", tmp_path / "list.json", "--out", tmp_path / "out2", "--no-progress", check=True)
+    assert json.loads((tmp_path / "out2" / "index.json").read_text())["num_samples"] == 2
+    (tmp_path / "header.csv").write_text("wav,transcription\n")
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "empty.json").write_text("[]")
+    for manifest in ("header.csv", "empty.jsonl", "empty.json"):
+        proc = run_tool("make_shards.py", tmp_path / manifest, "--out", tmp_path / "o", "--no-progress")
+        assert proc.returncode == 2 and "no rows" in proc.stderr, (manifest, proc.stderr)
+    proc = run_tool("make_shards.py", tmp_path / "m.csv", "--audio-column", "wave", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "no column 'wave'" in proc.stderr and "columns: wav, transcription" in proc.stderr

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -136,24 +134,9 @@ def _shard_members(folder: Path) -> list[Source]:
 
 def load_audio(source: Source) -> np.ndarray:
     """float32 mono samples at 16 kHz; AudioError with a short reason when it cannot be read."""
-    try:
-        data, rate = read_audio(source.data if source.data is not None else source.path)
-    except AudioError as exc:
-        if exc.reason != "decode_error" or source.data is not None or shutil.which("ffmpeg") is None:
-            raise
-        return _ffmpeg_decode(source.path)
+    data, rate = read_audio(source.data if source.data is not None else source.path)
     wave = to_mono(data)
     return resample(wave, rate) if rate != TARGET_SR else wave.astype(np.float32, copy=False)
-
-
-def _ffmpeg_decode(path: str) -> np.ndarray:
-    """What libsndfile cannot read, through ffmpeg: mono, 16 kHz, float32 on a pipe."""
-    done = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", path, "-ac", "1", "-ar", str(TARGET_SR),
-                           "-f", "f32le", "-"], capture_output=True)
-    if done.returncode != 0 or not done.stdout:
-        detail = done.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError("decode_error", detail[-1] if detail else "ffmpeg could not decode it")
-    return np.frombuffer(done.stdout, dtype=np.float32).copy()
 
 
 # --- chunks ------------------------------------------------------------------------------------

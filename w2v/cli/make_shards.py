@@ -24,6 +24,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output folder for the shards, index.json and skipped.jsonl")
     p.add_argument("--format", default="auto", choices=FORMATS)
     p.add_argument("--split", default=None, help="Common Voice split when SRC is a locale folder (default train)")
+    p.add_argument("--audio-column", default=None, help="a manifest's audio column (default: audio, path, "
+                                                       "audio_filepath or file)")
+    p.add_argument("--text-column", default=None, help="a manifest's text column (default: text, sentence or "
+                                                      "transcript)")
     p.add_argument("--name", default=None, help="shard file prefix (default: the output folder's name)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--codec", default="flac", choices=CODECS)
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and args.workers > 1:
         args.workers = 1  # one process owns the GPU; it is not the bottleneck there
     try:
-        corpus = open_corpus(args.src, args.format, args.split)
+        corpus = open_corpus(args.src, args.format, args.split, args.audio_column, args.text_column)
         part = part_from_environment(args.num_parts, args.part)
     except (CorpusError, PartsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

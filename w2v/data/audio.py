@@ -1,13 +1,17 @@
 """Audio in and out: decode anything libsndfile reads, downmix, resample to 16 kHz, encode.
 
 Decoding goes through soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3 since 1.1) from a
-path or from bytes in memory. Resampling uses soxr's HQ filter by default; torchaudio's sinc
+path or from bytes in memory; a file libsndfile cannot read (m4a/AAC, WebM, ...) is decoded by the
+`ffmpeg` command when it is installed, at its own rate and channel count. Resampling uses soxr's HQ filter by default; torchaudio's sinc
 resampler (optionally on a GPU) is the alternative. `benchmarks/bench_shard.py` measures both.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +48,26 @@ def read_audio(src: str | Path | bytes) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(handle, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises several types (LibsndfileError, RuntimeError, ...)
+        if isinstance(handle, Path) and shutil.which("ffmpeg") and shutil.which("ffprobe"):
+            return _ffmpeg_read(handle)
         raise AudioError("decode_error", f"{type(exc).__name__}: {exc}") from None
     return data, sr
+
+
+def _ffmpeg_read(path: Path) -> tuple[np.ndarray, int]:
+    """What libsndfile cannot read, through ffprobe (rate, channels) and ffmpeg (float32 samples)."""
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+                            "stream=sample_rate,channels", "-of", "json", str(path)], capture_output=True)
+    streams = json.loads(probe.stdout or b"{}").get("streams") if probe.returncode == 0 else None
+    if not streams:
+        raise AudioError("decode_error", "neither libsndfile nor ffmpeg finds an audio stream")
+    rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
+    done = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
+                           "-acodec", "pcm_f32le", "-"], capture_output=True)
+    if done.returncode != 0 or not done.stdout:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError("decode_error", f"ffmpeg: {detail[-1] if detail else 'no samples'}")
+    return np.frombuffer(done.stdout, dtype=np.float32).reshape(-1, channels).copy(), rate
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

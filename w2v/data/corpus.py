@@ -133,10 +133,19 @@ class TableCorpus(Corpus):
         return {**super().describe(), "table": str(self.table.resolve())}
 
     def count(self) -> int:
+        if self.kind == "json":
+            return len(_json_rows(self.table))
         return _count_data_lines(self.table, header=self.kind != "jsonl")
 
     def _rows(self) -> Iterator[tuple[int, dict | None, str | None]]:
-        """(line, row dict or None, problem)."""
+        """(line, row dict or None, problem); for a JSON list, its item number in place of the line."""
+        if self.kind == "json":
+            for number, row in enumerate(_json_rows(self.table), start=1):
+                if isinstance(row, dict):
+                    yield number, row, None
+                else:
+                    yield number, None, "bad_manifest_line"
+            return
         lines = _decoded_lines(self.table)
         if self.kind != "jsonl":
             next(lines, None)  # header, already read by the constructor
@@ -201,7 +210,29 @@ class TableCorpus(Corpus):
             yield Utterance(key, path, text, rel, meta, segment_problem or _text_problem(text), span)
 
 
+def _json_rows(path: Path) -> list:
+    """The rows of a `.json` manifest that is one JSON list (read whole)."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(rows, list):
+        raise CorpusError(f"{path}: a .json manifest is a list of rows (or use one JSON object per line)")
+    return rows
+
+
+def _json_kind(path: Path) -> str:
+    """A `.json` manifest is a JSON list, or JSON lines under that suffix (as NeMo names them)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4096).lstrip()
+    return "json" if head.startswith(b"[") else "jsonl"
+
+
 def _table_header(table: Path, kind: str) -> list[str]:
+    if kind == "json":
+        rows = _json_rows(table)
+        first = next((r for r in rows if isinstance(r, dict)), None)
+        return list(first) if first is not None else []
     if kind == "jsonl":
         for _, line in _decoded_lines(table):
             if line is None or not line.strip():
@@ -213,7 +244,7 @@ def _table_header(table: Path, kind: str) -> list[str]:
             if not isinstance(row, dict):
                 raise CorpusError(f"{table}: JSONL lines must be objects")
             return list(row)
-        raise CorpusError(f"{table}: empty manifest")
+        return []
     first = next(_decoded_lines(table), (1, ""))[1]
     if not first:
         raise CorpusError(f"{table}: empty or undecodable header line")
@@ -221,20 +252,33 @@ def _table_header(table: Path, kind: str) -> list[str]:
     return next(csv.reader([first], delimiter=delimiter))
 
 
-def open_manifest(path: Path) -> TableCorpus:
+def open_manifest(path: Path, audio_column: str | None = None, text_column: str | None = None) -> TableCorpus:
+    """A JSONL, JSON (a list), CSV or TSV manifest; its audio and text columns found by name, or
+    named. No rows at all (an empty file, a header alone) is an error, whatever the format."""
     suffix = path.suffix.lower()
     if suffix not in MANIFEST_SUFFIXES:
         raise CorpusError(f"{path}: a manifest must be one of {', '.join(MANIFEST_SUFFIXES)}")
-    kind = "jsonl" if suffix in (".jsonl", ".json") else suffix[1:]
+    kind = {".jsonl": "jsonl", ".json": _json_kind(path)}.get(suffix, suffix[1:])
     columns = _table_header(path, kind)
-    audio_col, text_col = _pick(columns, AUDIO_COLUMNS), _pick(columns, TEXT_COLUMNS)
-    if audio_col is None:
-        raise CorpusError(f"{path}: no audio column (one of {', '.join(AUDIO_COLUMNS)}); columns: {columns}")
-    if text_col is None:
-        raise CorpusError(f"{path}: no text column (one of {', '.join(TEXT_COLUMNS)}); columns: {columns}")
-    corpus = TableCorpus(path, path.parent, audio_col, text_col, kind, columns)
+    corpus = TableCorpus(path, path.parent, "", "", kind, columns)
+    if not columns or corpus.count() == 0:
+        raise CorpusError(f"{path}: no rows")
+    corpus.audio_col = _column(path, columns, audio_column, AUDIO_COLUMNS, "audio")
+    corpus.text_col = _column(path, columns, text_column, TEXT_COLUMNS, "text")
     corpus.format = "manifest"
     return corpus
+
+
+def _column(path: Path, columns: list[str], given: str | None, names: tuple[str, ...], what: str) -> str:
+    if given is not None:
+        if given not in columns:
+            raise CorpusError(f"{path}: no column {given!r} (--{what}-column); columns: {', '.join(columns)}")
+        return given
+    found = _pick(columns, names)
+    if found is None:
+        raise CorpusError(f"{path}: no {what} column (one of {', '.join(names)}; or name it with "
+                          f"--{what}-column); columns: {', '.join(columns)}")
+    return found
 
 
 def open_commonvoice(src: Path, split: str | None) -> TableCorpus:
@@ -318,8 +362,10 @@ def detect_format(src: Path, split: str | None = None) -> str:
     raise CorpusError(f"{src}: no such file or folder")
 
 
-def open_corpus(src: str | Path, fmt: str = "auto", split: str | None = None) -> Corpus:
-    """Detect (for `auto`) and open a corpus; raises CorpusError on structural problems."""
+def open_corpus(src: str | Path, fmt: str = "auto", split: str | None = None, audio_column: str | None = None,
+                text_column: str | None = None) -> Corpus:
+    """Detect (for `auto`) and open a corpus; raises CorpusError on structural problems. The column
+    names apply to a manifest."""
     src = Path(src)
     if fmt not in FORMATS:
         raise CorpusError(f"unknown format {fmt!r}; choose one of {FORMATS}")
@@ -334,4 +380,4 @@ def open_corpus(src: str | Path, fmt: str = "auto", split: str | None = None) ->
         return LibriSpeechCorpus(src)
     if src.is_dir():
         raise CorpusError(f"{src}: a manifest source must be a file")
-    return open_manifest(src)
+    return open_manifest(src, audio_column, text_column)
