@@ -149,6 +149,11 @@ def main(cfg: TrainConfig) -> None:
     say(f"train: {len(train_loader.table)} utterances, {len(train_loader)} batches per epoch and rank, "
         f"{updates_per_epoch} updates per epoch, {max_steps} updates; planned padding "
         f"{100 * train_loader.padding_fraction():.1f}%; dropped at plan: {train_loader.drops_at_plan() or 'none'}")
+    if cfg.dry_run:  # everything above ran as for training: config, shards, vocabulary, model, plan
+        if main_proc:
+            print_plan(train_loader, cfg, accelerator.num_processes)
+        accelerator.end_training()
+        return
 
     # ---------------------------------------------------------------- optimizer, schedule
     decay, no_decay = [], []
@@ -645,6 +650,30 @@ def prepare_output_dir(out: Path, ckpt: Path | None, cfg: TrainConfig, say) -> N
                           "continue it, or --overwrite_output_dir to replace it, or choose another --output_dir")
     for path in leftovers:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def print_plan(loader: SpeechLoader, cfg: TrainConfig, world: int) -> None:
+    """This epoch per rank: batches, updates, audio and padded hours, padding, the padded seconds
+    each update gives the rank, and its largest batch (what sets its memory)."""
+    print(f"dry run: the plan of epoch {loader.epoch} for {world} rank(s), gradient accumulation "
+          f"{cfg.gradient_accumulation_steps}; dropped at plan: {loader.drops_at_plan() or 'none'}")
+    print(f"{'rank':>4} {'batches':>8} {'updates':>8} {'audio h':>8} {'padded h':>9} {'padding':>8} "
+          f"{'padded s/update':>16} {'largest batch s':>16}")
+    for rank, plans in enumerate(loader.plans()):
+        audio = padded = largest = 0.0
+        batches = sum(p.num_batches for p in plans)
+        for p in plans:
+            seconds = loader.table.durations[p.stream]
+            for j in range(p.num_batches):
+                members = seconds[p.order[p.offsets[j]:p.offsets[j + 1]]]
+                audio += float(members.sum())
+                size = len(members) * float(members.max(initial=0.0))
+                padded, largest = padded + size, max(largest, size)
+        updates = math.ceil(batches / cfg.gradient_accumulation_steps)
+        per_update = padded / max(updates, 1)  # this rank's share of an update
+        print(f"{rank:>4} {batches:>8} {updates:>8} {audio / 3600:>8.3f} {padded / 3600:>9.3f} "
+              f"{100 * (1 - audio / padded) if padded else 0.0:>7.1f}% {per_update:>16.1f} {largest:>16.1f}")
+    print("dry run: nothing trained, no checkpoint written")
 
 
 def padded_seconds_per_update(loader: SpeechLoader, cfg: TrainConfig, accelerator: Accelerator) -> float:

@@ -456,6 +456,13 @@ def test_mistakes_are_one_error_line_before_any_model_work(cv_shards, tmp_path):
                         (["--max_duration", "0.05"], "passes the filters")):
         proc = train_directly(tmp_path / "x", shards, *args)
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    # --dry_run: every check and the plan per rank, then stop: no checkpoint, no model saved
+    dry = launch(tmp_path / "dry", shards, "--dry_run", "true", "--max_batch_size", "1", procs=2)
+    table = dry.stdout[dry.stdout.index("dry run: the plan"):].splitlines()
+    rows = [line.split() for line in table[2:4]]
+    assert [r[0] for r in rows] == ["0", "1"] and rows[0][1:3] == rows[1][1:3], dry.stdout  # ranks in step
+    assert int(rows[0][1]) >= 3 and "nothing trained, no checkpoint written" in dry.stdout  # 6 utterances of 1
+    assert not (tmp_path / "dry" / "checkpoints").exists() and not (tmp_path / "dry" / "final").exists()
     helped = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True)
     assert helped.returncode == 0 and "--config FILE.yaml" in helped.stdout
 

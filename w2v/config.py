@@ -95,6 +95,8 @@ class TrainConfig:
     greater_is_better: bool = field(default=False, metadata={"help": "whether a larger metric_for_best_model is better"})
     load_best_model_at_end: bool = field(default=False, metadata={
         "help": "final/ is the best model (best/) rather than the last one; needs --eval_shards"})
+    dry_run: bool = field(default=False, metadata={
+        "help": "check the config, shards, vocabulary and model, print the plan per rank, and stop before training"})
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": "latest | auto (latest if there is one, else a fresh start: for requeued jobs) | a checkpoint folder"})
     preemption_signals: str = field(default="SIGTERM,SIGUSR1", metadata={
