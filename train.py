@@ -218,10 +218,13 @@ def main(cfg: TrainConfig) -> None:
                 say(progress_line(record, max_steps, eta(update - start_update, max_steps - start_update,
                                                          time.monotonic() - started)))
         if eval_loader is not None and (update % cfg.eval_steps == 0 or update == max_steps) and not step.stop:
-            record = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples)
+            record, examples = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples)
             write_record(metrics_file, {"update": update, **record}, accelerator)
+            # the header first, on a line of its own (not after a progress bar), then its examples
             say(f"\nupdate {update}: eval WER {100 * record['eval_wer']:.2f}%  CER {100 * record['eval_cer']:.2f}% "
                 f"over {record['eval_utterances']} utterances; not scored: {record['eval_excluded'] or 'none'}")
+            for ref, hyp in examples:
+                say(f"  ref: {ref}\n  hyp: {hyp}")
             if main_proc and keep_if_best(out, cfg, update, record, model_files):
                 say(f"update {update}: the best {cfg.metric_for_best_model} so far: saved {out / 'best'}")
         if update % cfg.save_steps == 0 or update == max_steps or step.stop:  # the last too: it can go on
@@ -480,9 +483,11 @@ def write_record(handle, record: dict, accelerator: Accelerator) -> None:
     accelerator.log({k: v for k, v in record.items() if isinstance(v, int | float)}, step=record["update"])
 
 
-def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accelerator, n_examples: int) -> dict:
+def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accelerator,
+             n_examples: int) -> tuple[dict, list[tuple[str, str]]]:
     """Greedy WER/CER over the eval shards, exact across ranks (each utterance counted once), and
-    what could not be scored (damaged shards or members), by reason."""
+    what could not be scored (damaged shards or members), by reason; and a few (reference,
+    hypothesis) pairs of this rank to show."""
     model.eval()
     counts, examples = ErrorCounts(), []
     loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # CTC loss sum, labels
@@ -508,13 +513,11 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
     excluded: Counter = Counter()
     for drops in gather_object([loader.diagnostics()["drops"]]):
         excluded.update(drops)
-    for ref, hyp in examples:
-        accelerator.print(f"  ref: {ref}\n  hyp: {hyp}")
     model.train()
     return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_loss": loss_sum / max(labels_total, 1),
             "eval_utterances": total.utterances, "eval_words": total.words, "eval_word_edits": total.word_edits,
             "eval_chars": total.chars, "eval_char_edits": total.char_edits,
-            "eval_empty_references": total.empty_references, "eval_excluded": dict(excluded)}
+            "eval_empty_references": total.empty_references, "eval_excluded": dict(excluded)}, examples
 
 
 def save_final(model, processor, normalizer: TextNormalizer, out: Path) -> Path:

@@ -415,6 +415,10 @@ def test_the_best_model_is_kept_and_checkpoints_are_models(cv_shards, tmp_path):
     state = json.loads((out / "best" / "best_state.json").read_text())
     assert state["update"] == best and state["metric"] == "eval_loss" and state["value"] == pytest.approx(evals[best])
     assert f"final/ is the best model: update {best}" in proc.stdout
+    lines = proc.stdout.splitlines()  # each evaluation's examples follow its header, on lines of their own
+    header = next(i for i, line in enumerate(lines) if line.startswith("update 2: eval WER"))
+    assert lines[header + 1].startswith("  ref: ") and lines[header + 2].startswith("  hyp: ")
+    assert all(line.startswith("  ref: ") for line in lines if "ref: " in line)
     kept = load_file(out / "best" / "model.safetensors")
     final = load_file(out / "final" / "model.safetensors")
     checkpoint, files = load_for_inference(out / "checkpoints" / f"step-{best}")

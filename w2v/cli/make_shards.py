@@ -70,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
                         max_shard_bytes=int(args.max_shard_bytes), max_shard_samples=args.max_shard_samples,
                         workers=max(1, args.workers))
     print(f"{corpus.format} corpus at {args.src} → {args.out} ({opts.workers} workers, {opts.codec}, "
-          f"{opts.resampler})", file=sys.stderr)
+          f"{opts.resampler})", flush=True)  # before the progress lines on stderr, in any shared log
     try:
         summary = make_shards(corpus, args.out, opts, args.name, args.overwrite, progress=not args.no_progress,
                               log_interval=args.log_interval_seconds, part=part)
     except (FileExistsError, PartsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(summary.text())
+    print(summary.text(), flush=True)
     if part is not None:
         print(f"part {part.index} of {part.count} done; when all are: w2v-merge-shards {args.out}")
     elif summary.skipped:
