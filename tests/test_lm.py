@@ -36,9 +36,13 @@ def test_build_lm_from_shards_uses_the_training_normalisation(cv_shards, tmp_pat
         normalise(t) for _, t in expected.written.values())
 
 
-def test_build_lm_refuses_missing_text(tmp_path):
+def test_build_lm_refuses_missing_text_and_a_unigram_order(tmp_path):
     proc = run_tool("build_lm.py", "--text", tmp_path / "nope.txt", "--out", tmp_path / "lm")
-    assert proc.returncode == 2
+    assert proc.returncode == 2 and "no such file" in proc.stderr
+    (tmp_path / "t.txt").write_text("a cat sat\n")
+    proc = run_tool("build_lm.py", "--text", tmp_path / "t.txt", "--order", "1", "--out", tmp_path / "lm")
+    assert proc.returncode == 2 and "at least a bigram" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "lm").exists()
 
 
 def test_an_lm_folder_holds_one_lm(tmp_path):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from w2v.config import read_yaml
+from w2v.lm.arpa import ArpaError
 from w2v.lm.build import build_lm, read_text_lines
 from w2v.text import TextNormalizer
 
@@ -39,6 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("--config", default=None, help="training YAML whose text normalisation to use")
     p.add_argument("--overwrite", action="store_true", help="replace the LM a non-empty --out folder holds")
     args = p.parse_args(argv)
+    if args.order < 2:  # before any work: KenLM loads no 1-gram model
+        print(f"error: --order {args.order}: KenLM needs at least a bigram model (--order 2 or more)", file=sys.stderr)
+        return 2
     if args.text and not Path(args.text).is_file():
         print(f"error: {args.text}: no such file", file=sys.stderr)
         return 2
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
         normalizer = TextNormalizer.from_config(read_yaml(args.config) if args.config else {})
         result = build_lm(texts, Path(args.out), args.order, normalizer, args.prune,
                           args.binary, args.memory, args.overwrite)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, FileExistsError, ArpaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     c = result.corpus
