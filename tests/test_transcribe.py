@@ -2,12 +2,13 @@
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import run_tool
+from tests.conftest import ROOT, run_tool
 from w2v.metrics import ErrorCounts
 from w2v.transcribe import Source, load_audio
 
@@ -123,3 +124,24 @@ def test_export_then_transcribe_decodes_with_the_tuned_lm(memorised, cv_shards, 
     typo = run_tool("export.py", memorised / "final", "--lm", tmp_path / "lm3", "--alpha", "1", "--beta", "1",
                     "--out", tmp_path / "x")
     assert typo.returncode == 2 and "no such LM file or folder" in typo.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_long_recording_needs_the_memory_of_its_batches_not_of_its_length(memorised, mixed_folder, tmp_path):
+    """1 and 10 minutes of speech, chunked at 8 s in batches of 16 s: the peak memory of the process
+    grows by about the 10-minute recording's own samples and frames, not by what the model would need
+    for 10 minutes at once (gigabytes of activations)."""
+    wave = load_audio(Source(str(mixed_folder / "long.wav")))
+    peaks = {}
+    for minutes in (1, 10):
+        path = tmp_path / f"{minutes}min.wav"
+        sf.write(path, np.tile(wave, int(np.ceil(minutes * 60 * 16000 / len(wave))))[:minutes * 60 * 16000], 16000,
+                 subtype="PCM_16")
+        code = ("import resource, sys; from w2v.cli.transcribe import main; code = main(sys.argv[1:]); "
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+        proc = subprocess.run([sys.executable, "-c", code, str(memorised / "final"), str(path), "--out",
+                               str(tmp_path / f"{minutes}.jsonl"), "--chunk-seconds", "8", "--batch-seconds", "16"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        peaks[minutes] = int(proc.stdout.split()[-1]) / 1024  # MB
+    # 9 more minutes: 35 MB of float32 samples, a few MB of frames; allow for the allocator
+    assert peaks[10] - peaks[1] < 150, peaks
