@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from w2v.data.audio import encode
-from w2v.data.bucketing import bucket_edges, padding_fraction
+from w2v.data.bucketing import bucket_edges
 from w2v.data.columns import select_shards
 from w2v.data.decode import decode_member
 from w2v.data.flac import decode_flac
@@ -234,26 +234,31 @@ class SpeechLoader:
         """Every batch of this epoch has been consumed (a checkpoint may land exactly here)."""
         return sum(self.consumed) == len(self)
 
+    def batch_seconds(self, rank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The audio seconds and the padded seconds (n × longest) of each batch a rank (default:
+        this one) plans in this epoch, worker after worker."""
+        audio, padded = [np.zeros(0)], [np.zeros(0)]
+        for p in self.plans()[self.rank if rank is None else rank]:
+            sizes = np.diff(p.offsets)
+            full = sizes > 0  # the empty batches that keep ranks in step hold no audio
+            seconds = self.table.durations[p.stream][p.order]  # batch after batch
+            audio.append(np.zeros(len(sizes)))
+            padded.append(np.zeros(len(sizes)))
+            if full.any():
+                starts = p.offsets[:-1][full]
+                audio[-1][full] = np.add.reduceat(seconds, starts)
+                padded[-1][full] = sizes[full] * np.maximum.reduceat(seconds, starts)
+        return np.concatenate(audio), np.concatenate(padded)
+
     def padded_seconds_per_batch(self) -> float:
         """The mean padded seconds (n × longest) of this rank's planned batches in this epoch."""
-        total = batches = 0
-        for p in self.plans()[self.rank]:
-            seconds = self.table.durations[p.stream]
-            for j in range(p.num_batches):
-                members = seconds[p.order[p.offsets[j]:p.offsets[j + 1]]]
-                total += len(members) * members.max(initial=0.0)
-            batches += p.num_batches
-        return total / batches if batches else 0.0
+        _, padded = self.batch_seconds()
+        return float(padded.mean()) if padded.size else 0.0
 
     def padding_fraction(self) -> float:
         """The plan's padding fraction for this rank and epoch (what the bucketer achieves)."""
-        real = padded = 0.0
-        for p in self.plans()[self.rank]:
-            seconds = self.table.durations[p.stream]
-            frac = padding_fraction(p.order, p.offsets, seconds)
-            real += seconds[p.order].sum()
-            padded += seconds[p.order].sum() / (1.0 - frac) if frac < 1 else 0.0
-        return 1.0 - real / padded if padded else 0.0
+        audio, padded = self.batch_seconds()
+        return 1.0 - float(audio.sum() / padded.sum()) if padded.sum() else 0.0
 
     def __iter__(self) -> Iterator[dict]:
         plans = self.plans()[self.rank]
