@@ -118,9 +118,12 @@ def main(cfg: TrainConfig) -> None:
     processor = build_processor(vocab_file, model.config, vocab)
 
     def model_files(folder: Path, weights: bool = False) -> None:
-        """What makes a folder a model (config, processor, normaliser), with the weights if asked."""
-        hf_model = accelerator.unwrap_model(ctc_model).model if weights else model
-        (hf_model.save_pretrained if weights else hf_model.config.save_pretrained)(folder)
+        """What makes a folder a model (config, processor, normaliser), with the weights if asked
+        (final/, best/; a checkpoint's model/ has its weights in Accelerate's state beside it)."""
+        if weights:
+            accelerator.unwrap_model(ctc_model).model.save_pretrained(folder)
+        else:
+            model.config.save_pretrained(folder)
         processor.save_pretrained(folder)
         normalizer.save(folder)
     use_mask = wants_attention_mask(model.config)
@@ -246,7 +249,7 @@ def main(cfg: TrainConfig) -> None:
             best = json.loads((final / BEST_STATE).read_text())
             say(f"final/ is the best model: update {best['update']}, {best['metric']} {best['value']:.4f}")
         else:
-            final = save_final(accelerator.unwrap_model(ctc_model).model, processor, normalizer, out)
+            final = save_final(model_files, out)
         say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")
         metrics_file.close()
     if counters["skipped_nonfinite"] or counters["skipped_overflow"]:  # every rank: they must agree
@@ -520,14 +523,12 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
             "eval_empty_references": total.empty_references, "eval_excluded": dict(excluded)}, examples
 
 
-def save_final(model, processor, normalizer: TextNormalizer, out: Path) -> Path:
+def save_final(model_files, out: Path) -> Path:
     """OUTPUT_DIR/final: a plain Hugging Face folder (model, tokenizer, feature extractor, and the
     text normaliser, so that evaluation normalises references exactly as training did)."""
     final = out / "final"
     with atomic_dir(final) as tmp:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        normalizer.save(tmp)
+        model_files(tmp, weights=True)
     return final
 
 
@@ -662,20 +663,14 @@ def print_plan(loader: SpeechLoader, cfg: TrainConfig, world: int) -> None:
           f"{cfg.gradient_accumulation_steps}; dropped at plan: {loader.drops_at_plan() or 'none'}")
     print(f"{'rank':>4} {'batches':>8} {'updates':>8} {'audio h':>8} {'padded h':>9} {'padding':>8} "
           f"{'padded s/update':>16} {'largest batch s':>16}")
-    for rank, plans in enumerate(loader.plans()):
-        audio = padded = largest = 0.0
-        batches = sum(p.num_batches for p in plans)
-        for p in plans:
-            seconds = loader.table.durations[p.stream]
-            for j in range(p.num_batches):
-                members = seconds[p.order[p.offsets[j]:p.offsets[j + 1]]]
-                audio += float(members.sum())
-                size = len(members) * float(members.max(initial=0.0))
-                padded, largest = padded + size, max(largest, size)
+    for rank in range(world):
+        audio_per_batch, padded_per_batch = loader.batch_seconds(rank)
+        audio, padded, batches = float(audio_per_batch.sum()), float(padded_per_batch.sum()), len(padded_per_batch)
         updates = math.ceil(batches / cfg.gradient_accumulation_steps)
         per_update = padded / max(updates, 1)  # this rank's share of an update
         print(f"{rank:>4} {batches:>8} {updates:>8} {audio / 3600:>8.3f} {padded / 3600:>9.3f} "
-              f"{100 * (1 - audio / padded) if padded else 0.0:>7.1f}% {per_update:>16.1f} {largest:>16.1f}")
+              f"{100 * (1 - audio / padded) if padded else 0.0:>7.1f}% {per_update:>16.1f} "
+              f"{padded_per_batch.max(initial=0.0):>16.1f}")
     print("dry run: nothing trained, no checkpoint written")
 
 
