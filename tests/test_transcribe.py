@@ -85,6 +85,16 @@ def test_subtitles_and_usage_errors(memorised, mixed_folder, tmp_path):
                     "--out", vtt)
     assert proc.returncode == 0 and sorted(p.name for p in vtt.iterdir()) == ["a_8k.vtt", "d.vtt"]
     assert (vtt / "d.vtt").read_text().startswith("WEBVTT\n")
+    # a manifest without texts: its audio column found by name (`wav`), paths relative to it, a row
+    # without audio listed with its reason
+    manifest = mixed_folder / "clips.csv"
+    manifest.write_text("wav,speaker\na_8k.wav,s1\nd.mp3,s2\n,s3\n")
+    out = tmp_path / "manifest.jsonl"
+    proc = run_tool("transcribe.py", model, manifest, "--out", out)
+    manifest.unlink()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert proc.returncode == 1 and [r["path"] for r in rows[:2]] == [str(mixed_folder / n) for n in ("a_8k.wav", "d.mp3")]
+    assert rows[0]["text"] and rows[2] == {"path": "clips.csv:4", "error": "no_audio_path"}
     for args, words in (((model, tmp_path / "nothere.wav"), "no such file or folder"),
                         ((tmp_path, mixed_folder), "not a model folder"),
                         ((model, mixed_folder, "--format", "srt"), "needs --out")):

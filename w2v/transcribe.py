@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from w2v.data.audio import TARGET_SR, AudioError, read_audio, resample, to_mono
+from w2v.data.corpus import CorpusError, open_manifest
 from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad
 from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
 from w2v.text import WORD_DELIMITER, TextNormalizer, Vocabulary
@@ -50,10 +50,12 @@ class InputError(ValueError):
 
 @dataclass
 class Source:
-    """One recording to transcribe: a file path, or a shard member (`data` holds its bytes)."""
+    """One recording to transcribe: a file path, or a shard member (`data` holds its bytes); or a
+    manifest row that names none (`problem` says why)."""
 
     path: str
     data: bytes | None = None
+    problem: str | None = None
 
 
 @dataclass
@@ -98,22 +100,14 @@ def find_inputs(arguments: Iterable[str], audio_column: str | None = None) -> li
 
 
 def _manifest_rows(path: Path, audio_column: str | None) -> list[Source]:
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif path.suffix == ".json":
-        rows = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(rows, list):
-            raise InputError(f"{path}: a JSON manifest is a list of rows")
-    else:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle, delimiter="\t" if path.suffix == ".tsv" else ","))
-    if not rows:
-        raise InputError(f"{path}: no rows")
-    columns = [audio_column] if audio_column else AUDIO_COLUMNS
-    column = next((c for c in columns if c in rows[0]), None)
-    if column is None:
-        raise InputError(f"{path}: no audio column (tried {', '.join(columns)}; name it with --audio-column)")
-    return [Source(str(path.parent / str(row[column]))) for row in rows]
+    """The audio of every row of a manifest, read as w2v-make-shards reads one (a text column is
+    not needed). A row without audio becomes an input that fails with its reason."""
+    try:
+        corpus = open_manifest(path, audio_column, audio_names=AUDIO_COLUMNS, text_required=False)
+    except CorpusError as exc:
+        raise InputError(str(exc)) from None
+    return [Source(str(u.audio)) if u.audio is not None else Source(u.source, problem=u.problem)
+            for u in corpus.utterances()]
 
 
 def _shard_members(folder: Path) -> list[Source]:
@@ -250,6 +244,9 @@ class Transcriber:
     def _transcribe_group(self, sources: list[Source]) -> list[Result]:
         results, waves = [], {}
         for k, source in enumerate(sources):
+            if source.problem:
+                results.append(Result(source.path, error=source.problem))
+                continue
             try:
                 wave = load_audio(source)
             except AudioError as exc:  # the reason, and the detail when it says more than the path

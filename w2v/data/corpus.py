@@ -252,9 +252,11 @@ def _table_header(table: Path, kind: str) -> list[str]:
     return next(csv.reader([first], delimiter=delimiter))
 
 
-def open_manifest(path: Path, audio_column: str | None = None, text_column: str | None = None) -> TableCorpus:
-    """A JSONL, JSON (a list), CSV or TSV manifest; its audio and text columns found by name, or
-    named. No rows at all (an empty file, a header alone) is an error, whatever the format."""
+def open_manifest(path: Path, audio_column: str | None = None, text_column: str | None = None,
+                  audio_names: tuple[str, ...] = AUDIO_COLUMNS, text_required: bool = True) -> TableCorpus:
+    """A JSONL, JSON (a list), CSV or TSV manifest; its audio and text columns found by name
+    (`audio_names`, TEXT_COLUMNS), or named. No rows at all (an empty file, a header alone) is an
+    error, whatever the format. `text_required=False`: audio to transcribe, texts None."""
     suffix = path.suffix.lower()
     if suffix not in MANIFEST_SUFFIXES:
         raise CorpusError(f"{path}: a manifest must be one of {', '.join(MANIFEST_SUFFIXES)}")
@@ -263,8 +265,11 @@ def open_manifest(path: Path, audio_column: str | None = None, text_column: str 
     corpus = TableCorpus(path, path.parent, "", "", kind, columns)
     if not columns or corpus.count() == 0:
         raise CorpusError(f"{path}: no rows")
-    corpus.audio_col = _column(path, columns, audio_column, AUDIO_COLUMNS, "audio")
-    corpus.text_col = _column(path, columns, text_column, TEXT_COLUMNS, "text")
+    corpus.audio_col = _column(path, columns, audio_column, audio_names, "audio")
+    if text_required or text_column is not None or _pick(columns, TEXT_COLUMNS):
+        corpus.text_col = _column(path, columns, text_column, TEXT_COLUMNS, "text")
+    else:
+        corpus.text_col = None  # every text None
     corpus.format = "manifest"
     return corpus
 
