@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from w2v.model import model_folder_kind
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 from w2v.transcribe import InputError, Result, Transcriber, find_inputs
 
@@ -86,11 +87,7 @@ def main(argv=None) -> int:
 
 def check_args(args: argparse.Namespace) -> tuple[str, Path | None]:
     """The output format and path, and the model folder, checked before any audio is read."""
-    model = Path(args.model)
-    if not model.is_dir():
-        raise InputError(f"{model}: no such model folder")
-    if not (model / "config.json").is_file() and not (model / "trainer_state.json").is_file():
-        raise InputError(f"{model}: not a model folder (no config.json) nor a train.py checkpoint")
+    model_folder_kind(args.model)  # a ValueError that says what the folder lacks
     out = Path(args.out) if args.out else None
     fmt = args.format or (out.suffix.lstrip(".") if out is not None and out.suffix.lstrip(".") in FORMATS else "jsonl")
     if fmt in ("srt", "vtt") and out is None:
