@@ -50,12 +50,21 @@ class InputError(ValueError):
 
 @dataclass
 class Source:
-    """One recording to transcribe: a file path, or a shard member (`data` holds its bytes); or a
-    manifest row that names none (`problem` says why)."""
+    """One recording to transcribe: a file path, or a shard member (`member`: its tar file, offset
+    and size, read when its group is transcribed); or a manifest row that names none (`problem`)."""
 
     path: str
-    data: bytes | None = None
+    member: tuple[str, int, int] | None = None
     problem: str | None = None
+
+    def audio_bytes(self) -> bytes | None:
+        """A shard member's bytes (None for a file)."""
+        if self.member is None:
+            return None
+        tar, offset, size = self.member
+        with open(tar, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
 
 
 @dataclass
@@ -118,8 +127,9 @@ def _shard_members(folder: Path) -> list[Source]:
         with tarfile.open(folder / shard["name"]) as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
-                if member.isfile() and f".{ext}" in AUDIO_SUFFIXES:
-                    sources.append(Source(f"{folder / shard['name']}/{key}", tar.extractfile(member).read()))
+                if member.isfile() and f".{ext}" in AUDIO_SUFFIXES:  # listed, not read: memory stays flat
+                    sources.append(Source(f"{folder / shard['name']}/{key}",
+                                          member=(str(folder / shard["name"]), member.offset_data, member.size)))
     return sources
 
 
@@ -128,7 +138,7 @@ def _shard_members(folder: Path) -> list[Source]:
 
 def load_audio(source: Source) -> np.ndarray:
     """float32 mono samples at 16 kHz; AudioError with a short reason when it cannot be read."""
-    data, rate = read_audio(source.data if source.data is not None else source.path)
+    data, rate = read_audio(source.audio_bytes() if source.member is not None else source.path)
     wave = to_mono(data)
     return resample(wave, rate) if rate != TARGET_SR else wave.astype(np.float32, copy=False)
 
