@@ -17,52 +17,50 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 import transformers
 from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
-from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
 from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
-from w2v.data.columns import select_shards
 from w2v.data.labels import vocabulary_from_shards
 from w2v.data.loader import LoaderConfig, SpeechLoader
-from w2v.data.padding import pad_labels
-from w2v.lm.decode import greedy_decode
 from w2v.metrics import ErrorCounts
-from w2v.model import (
-    CHECKPOINT_MODEL_FILES,
-    CTCModel,
-    build_processor,
-    check_model_config,
-    load_model,
-    wants_attention_mask,
-)
+from w2v.model import CTCModel, build_processor, check_model_config, load_model, wants_attention_mask
 from w2v.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, parse_signals
 from w2v.progress import Progress, eta, on_terminal
+from w2v.run_folder import (
+    ModelFiles,
+    find_checkpoint,
+    keep_if_best,
+    prepare_output_dir,
+    resume,
+    save_checkpoint,
+    save_final,
+)
 from w2v.schedule import SCHEDULES, make_scheduler
+from w2v.scoring import (
+    EVAL_BATCH_SECONDS,
+    ctc_sum,
+    evaluation_loader,
+    greedy_scores,
+    log_softmax_fp32,
+    unknown_characters,
+)
+from w2v.shards.spec import SelectedShard, select_shards
 from w2v.text import TextNormalizer, Vocabulary
 from w2v.trackers import resolve_trackers, where
-
-# Settings a checkpoint must share with the run that resumes it (else the batches or shapes differ).
-# World size, dataloader workers and accumulation may change (an elastic resume re-plans the rest of
-# the epoch); the model and the epoch's samples and batching may not.
-RESUME_MUST_MATCH = ("model_name_or_path", "model_config", "max_batch_seconds", "max_batch_size", "num_buckets",
-                     "shuffle_buffer", "seed", "min_duration", "max_duration", "train_shards")
 
 
 def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- set-up
-    check_inputs(cfg)
+    train_shards, eval_shards = check_inputs(cfg)  # each shard spec resolved once, here
     trackers = resolve_trackers(cfg.report_to)
     cfg.mixed_precision, precision_why = resolve_mixed_precision(
         cfg, os.environ.get("ACCELERATE_MIXED_PRECISION"), torch.cuda.is_available())
@@ -106,7 +104,7 @@ def main(cfg: TrainConfig) -> None:
             if cfg.vocab_path:  # with the special tokens its tokenizer files name
                 Vocabulary.load(cfg.vocab_path).save(vocab_file)
             elif not vocab_file.is_file() or ckpt is None:
-                training_vocabulary(cfg.train_shards, cfg.train_index, normalizer).save(vocab_file)
+                vocabulary_from_shards(train_shards, normalizer).save(vocab_file)
     vocab = Vocabulary.load(vocab_file, normalizer)
     matched = normalizer.for_vocabulary(vocab)
     if matched is not normalizer:
@@ -115,17 +113,7 @@ def main(cfg: TrainConfig) -> None:
 
     # ---------------------------------------------------------------- model
     model, head_note = load_model(cfg, vocab)
-    processor = build_processor(vocab_file, model.config, vocab)
-
-    def model_files(folder: Path, weights: bool = False) -> None:
-        """What makes a folder a model (config, processor, normaliser), with the weights if asked
-        (final/, best/; a checkpoint's model/ has its weights in Accelerate's state beside it)."""
-        if weights:
-            accelerator.unwrap_model(ctc_model).model.save_pretrained(folder)
-        else:
-            model.config.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        normalizer.save(folder)
+    model_files = ModelFiles(model, build_processor(vocab_file, model.config, vocab), normalizer)
     use_mask = wants_attention_mask(model.config)
     conv = (model.config.conv_kernel, model.config.conv_stride)
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
@@ -135,17 +123,19 @@ def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- data
     ranks = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
     try:
-        train_loader = SpeechLoader(cfg.train_shards, loader_config(cfg, True, use_mask), labeler=vocab.encode,
-                                    conv_kernel=conv[0], conv_stride=conv[1], index=cfg.train_index, **ranks)
+        train_loader = SpeechLoader(train_shards, loader_config(cfg, use_mask), vocab=vocab,
+                                    conv_kernel=conv[0], conv_stride=conv[1], **ranks)
     except ValueError as exc:  # every utterance filtered out: how many, and why
         raise ConfigError(f"--train_shards {cfg.train_shards}: {exc} (see min_duration, max_duration and "
                           "max_batch_seconds)") from None
-    # evaluation scores every utterance, from its text: no labels, so no label-based filters
-    eval_loader = SpeechLoader(cfg.eval_shards, loader_config(cfg, False, use_mask), index=cfg.eval_index,
-                               **ranks) if cfg.eval_shards else None
-    report_unknown("training", vocab, texts_with_unknown(train_loader, vocab), say)
+    eval_loader = evaluation_loader(eval_shards, cfg.eval_max_batch_seconds or EVAL_BATCH_SECONDS, use_mask,
+                                    num_workers=cfg.dataloader_num_workers, max_batch_size=cfg.max_batch_size,
+                                    num_buckets=cfg.num_buckets, **ranks) if eval_shards else None
+    unknown = [unknown_characters(vocab, texts_with_unknown(train_loader, vocab), "training text", "→ [UNK]")]
     if eval_loader is not None:
-        report_unknown("evaluation", vocab, list(eval_loader.table.texts()), say)
+        unknown.append(unknown_characters(vocab, eval_loader.table.texts(), "evaluation text", "→ [UNK]"))
+    for line in filter(None, unknown):
+        say(line)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
     # a resumed run keeps its length and warm-up (an elastic resume has other epochs), unless asked
     max_steps = cfg.max_steps or saved.get("max_steps") or math.ceil(cfg.num_train_epochs * updates_per_epoch)
@@ -231,7 +221,7 @@ def main(cfg: TrainConfig) -> None:
             if main_proc and keep_if_best(out, cfg, update, record, model_files):
                 say(f"update {update}: the best {cfg.metric_for_best_model} so far: saved {out / 'best'}")
         if update % cfg.save_steps == 0 or update == max_steps or step.stop:  # the last too: it can go on
-            save_checkpoint(accelerator, out, update, cfg, train_loader, counters, vocab_file,
+            save_checkpoint(accelerator, out, update, cfg, train_loader, counters,
                             {"max_steps": max_steps, "warmup_steps": warmup}, model_files)
         if step.stop:  # every rank agreed in optimizer_step: they all leave after the same update
             bar.close()
@@ -244,12 +234,9 @@ def main(cfg: TrainConfig) -> None:
     # ---------------------------------------------------------------- the end: a Hugging Face folder
     accelerator.wait_for_everyone()
     if main_proc:
-        if cfg.load_best_model_at_end and (out / "best").is_dir():
-            final = copy_best_to_final(out)
-            best = json.loads((final / BEST_STATE).read_text())
+        final, best = save_final(out, model_files, from_best=cfg.load_best_model_at_end)
+        if best is not None:
             say(f"final/ is the best model: update {best['update']}, {best['metric']} {best['value']:.4f}")
-        else:
-            final = save_final(model_files, out)
         say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")
         metrics_file.close()
     if counters["skipped_nonfinite"] or counters["skipped_overflow"]:  # every rank: they must agree
@@ -265,8 +252,9 @@ def main(cfg: TrainConfig) -> None:
 BEST_METRICS = ("eval_wer", "eval_cer", "eval_loss")
 
 
-def check_inputs(cfg: TrainConfig) -> None:
-    """Bad configuration → a clear error before any model or data work."""
+def check_inputs(cfg: TrainConfig) -> tuple[list[SelectedShard], list[SelectedShard] | None]:
+    """Bad configuration → a clear error before any model or data work. Returns the training and
+    evaluation shards, each spec resolved once for the whole run."""
     if not cfg.train_shards:
         raise ConfigError("--train_shards is required (a shard folder, brace pattern, glob or URLs)")
     if cfg.gradient_accumulation_steps < 1:
@@ -283,28 +271,24 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"--log_format {cfg.log_format}: choose text or json")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
         raise ConfigError(f"--save_total_limit {cfg.save_total_limit}: keep at least 1 checkpoint (unset: all)")
+    selected = []
     for flag, spec, index in (("--train_shards", cfg.train_shards, cfg.train_index),
                               ("--eval_shards", cfg.eval_shards, cfg.eval_index)):
-        if spec:  # a typo is named before any model work
-            try:
-                select_shards(spec, index)
-            except ValueError as exc:
-                raise ConfigError(f"{flag}: {exc}") from None
+        try:  # a typo is named before any model work
+            selected.append(select_shards(spec, index) if spec else None)
+        except ValueError as exc:
+            raise ConfigError(f"{flag}: {exc}") from None
     if cfg.metric_for_best_model not in BEST_METRICS:
         raise ConfigError(f"--metric_for_best_model {cfg.metric_for_best_model}: choose one of {', '.join(BEST_METRICS)}")
     if cfg.load_best_model_at_end and not cfg.eval_shards:
         raise ConfigError("--load_best_model_at_end needs --eval_shards (the best model is the best on them)")
     if cfg.lr_scheduler_type not in SCHEDULES:
         raise ConfigError(f"--lr_scheduler_type {cfg.lr_scheduler_type}: choose one of {', '.join(SCHEDULES)}")
+    return selected[0], selected[1]
 
 
-def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> LoaderConfig:
-    """The loader settings for the training shards or, with train=False, the evaluation shards
-    (LoaderConfig.evaluation: every utterance, as w2v-evaluate scores them)."""
-    if not train:
-        return LoaderConfig.evaluation(cfg.eval_max_batch_seconds or cfg.max_batch_seconds, attention_mask,
-                                       cfg.dataloader_num_workers, max_batch_size=cfg.max_batch_size,
-                                       num_buckets=cfg.num_buckets)
+def loader_config(cfg: TrainConfig, attention_mask: bool) -> LoaderConfig:
+    """The loader settings for the training shards."""
     return LoaderConfig(
         max_batch_seconds=cfg.max_batch_seconds, max_batch_size=cfg.max_batch_size, num_buckets=cfg.num_buckets,
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, min_duration=cfg.min_duration,
@@ -312,24 +296,9 @@ def loader_config(cfg: TrainConfig, train: bool, attention_mask: bool) -> Loader
         pin_memory=torch.cuda.is_available())
 
 
-def training_vocabulary(spec: str, index: str | None, normalizer: TextNormalizer) -> Vocabulary:
-    """Our vocabulary from the characters of the training transcripts (cached per shard)."""
-    try:
-        return vocabulary_from_shards(spec, normalizer, index)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
 def texts_with_unknown(loader: SpeechLoader, vocab: Vocabulary) -> list[str]:
     """The training transcripts whose labels hold [UNK] (found in the labels the loader made)."""
     return [loader.table.text(int(i)) for i in loader.table.samples_with_label(vocab.unk_id)]
-
-
-def report_unknown(which: str, vocab: Vocabulary, texts: list[str], say) -> None:
-    unknown = vocab.unknown_chars(texts)
-    if unknown:
-        listed = ", ".join(f"{ch!r}×{n}" for ch, n in unknown.most_common(20))
-        say(f"characters of the {which} text outside the vocabulary (→ [UNK]): {listed}")
 
 
 def iterate_forever(loader: SpeechLoader):
@@ -361,16 +330,7 @@ def ctc_loss_sum(model, batch: dict, blank: int, accelerator: Accelerator, train
     if batch["empty"]:  # a stand-in batch that keeps ranks in step: weight zero, graph intact
         return logits.float().sum() * 0.0
     frames = accelerator.unwrap_model(model).output_lengths(batch["input_lengths"].to(device, non_blocking=True))
-    return ctc_sum(logits, batch["labels"].to(device, non_blocking=True), frames, blank)
-
-
-def ctc_sum(logits: torch.Tensor, labels: torch.Tensor, frames: torch.Tensor, blank: int) -> torch.Tensor:
-    """CTC loss summed over a batch: log-softmax and CTC in fp32 (outside autocast), labels padded
-    with -100, `frames` the true output lengths; an impossible alignment counts zero."""
-    with torch.autocast(device_type=logits.device.type, enabled=False):
-        log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)
-        return F.ctc_loss(log_probs, labels[labels >= 0], frames, (labels >= 0).sum(-1), blank=blank,
-                          reduction="sum", zero_infinity=True)
+    return ctc_sum(log_softmax_fp32(logits), batch["labels"].to(device, non_blocking=True), frames, blank)
 
 
 @dataclass
@@ -492,26 +452,10 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
     what could not be scored (damaged shards or members), by reason; and a few (reference,
     hypothesis) pairs of this rank to show."""
     model.eval()
-    counts, examples = ErrorCounts(), []
-    loss = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # CTC loss sum, labels
-    inverse = vocab.decoding_table()
-    with torch.no_grad():
-        for batch in loader:
-            device = accelerator.device
-            mask = batch["attention_mask"].to(device) if "attention_mask" in batch else None
-            with accelerator.autocast():
-                logits = model(batch["input_values"].to(device), attention_mask=mask)
-            if batch["empty"]:
-                continue
-            frames = accelerator.unwrap_model(model).output_lengths(batch["input_lengths"].to(device))
-            hyps = greedy_decode(logits.float().cpu().numpy(), inverse, vocab.pad_id, frames.cpu().numpy())
-            labels = torch.from_numpy(pad_labels([vocab.encode(t) for t in batch["texts"]])).to(device)
-            loss += torch.stack([ctc_sum(logits, labels, frames, vocab.pad_id).double(), (labels >= 0).sum().double()])
-            refs = [vocab.normalizer(t) for t in batch["texts"]]
-            counts = counts + ErrorCounts.of(refs, hyps)
-            examples += list(zip(refs, hyps, strict=True))[: max(0, n_examples - len(examples))]
-    total = accelerator.gather(torch.tensor([counts.as_list()], device=accelerator.device))
+    mine = greedy_scores(model, loader, vocab, accelerator.device, accelerator.autocast, n_examples)
+    total = accelerator.gather(torch.tensor([mine.counts.as_list()], device=accelerator.device))
     total = ErrorCounts(*total.sum(0).tolist())
+    loss = torch.tensor([mine.loss_sum, mine.labels], dtype=torch.float64, device=accelerator.device)
     loss_sum, labels_total = accelerator.reduce(loss, "sum").tolist()
     excluded: Counter = Counter()
     for drops in gather_object([loader.diagnostics()["drops"]]):
@@ -520,140 +464,7 @@ def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accele
     return {"eval_wer": total.wer, "eval_cer": total.cer, "eval_loss": loss_sum / max(labels_total, 1),
             "eval_utterances": total.utterances, "eval_words": total.words, "eval_word_edits": total.word_edits,
             "eval_chars": total.chars, "eval_char_edits": total.char_edits,
-            "eval_empty_references": total.empty_references, "eval_excluded": dict(excluded)}, examples
-
-
-def save_final(model_files, out: Path) -> Path:
-    """OUTPUT_DIR/final: a plain Hugging Face folder (model, tokenizer, feature extractor, and the
-    text normaliser, so that evaluation normalises references exactly as training did)."""
-    final = out / "final"
-    with atomic_dir(final) as tmp:
-        model_files(tmp, weights=True)
-    return final
-
-
-BEST_STATE = "best_state.json"  # in OUTPUT_DIR/best: the update, metric and value it was kept for
-
-
-def keep_if_best(out: Path, cfg: TrainConfig, update: int, record: dict, model_files) -> bool:
-    """OUTPUT_DIR/best/ becomes this model when its metric beats the one kept (or none is kept yet;
-    a resumed run compares with what best/ holds). A NaN metric never wins."""
-    value = record[cfg.metric_for_best_model]
-    if not math.isfinite(value):
-        return False
-    state_file = out / "best" / BEST_STATE
-    if state_file.is_file():
-        kept = json.loads(state_file.read_text())
-        if kept["metric"] == cfg.metric_for_best_model and (
-                value <= kept["value"] if cfg.greater_is_better else value >= kept["value"]):
-            return False
-    with atomic_dir(out / "best") as tmp:
-        model_files(tmp, weights=True)
-        (tmp / BEST_STATE).write_text(json.dumps({"update": update, "metric": cfg.metric_for_best_model,
-                                                  "value": value, "greater_is_better": cfg.greater_is_better}))
-    return True
-
-
-def copy_best_to_final(out: Path) -> Path:
-    final = out / "final"
-    with atomic_dir(final) as tmp:
-        tmp.rmdir()
-        shutil.copytree(out / "best", tmp)
-    return final
-
-
-def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: TrainConfig, loader: SpeechLoader,
-                    counters: dict, vocab_file: Path, schedule: dict, model_files) -> None:
-    """save_state into a temporary folder, renamed when complete: a crash never damages the last good one.
-    Its `model/` holds the model's config, processor and normaliser, so that w2v-evaluate and
-    w2v-transcribe read a checkpoint as a model (w2v.model.load_for_inference)."""
-    root = out / "checkpoints"
-    # every rank writes into it (its own RNG and loader state), so the name is fixed, not random
-    tmp, final = root / f".step-{update}{TMP_SUFFIX}", root / f"step-{update}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    (tmp / f"loader_rank{accelerator.process_index}.json").write_text(json.dumps(loader.state_dict()))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state = {"update": update, "counters": counters, "world_size": accelerator.num_processes,
-                 "num_workers": loader.workers, "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-                 "padded_seconds_per_update": padded_seconds_per_update(loader, cfg, accelerator), **schedule,
-                 "config": {k: getattr(cfg, k) for k in RESUME_MUST_MATCH}}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        shutil.copyfile(vocab_file, tmp / "vocab.json")
-        model_files(tmp / CHECKPOINT_MODEL_FILES)
-        replace_path(tmp, final)
-        kept = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        for old in kept[: max(0, len(kept) - (cfg.save_total_limit or len(kept)))]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def resume(ckpt: Path, cfg: TrainConfig, accelerator: Accelerator, loader: SpeechLoader,
-           vocab_file: Path) -> tuple[int, dict]:
-    """Model, optimizer, schedule, RNG and loader from a checkpoint; (update, counters). The same
-    world resumes exactly; another one re-plans the rest of the epoch (SpeechLoader.load_state_dict)."""
-    say = accelerator.print
-    state = json.loads((ckpt / "trainer_state.json").read_text())
-    check_resumable(cfg, state, vocab_file, ckpt)
-    accelerator.load_state(str(ckpt))
-    loader_states = [json.loads(p.read_text()) for p in sorted(ckpt.glob("loader_rank*.json"),
-                                                               key=lambda p: int(p.stem[len("loader_rank"):]))]
-    try:
-        how = loader.load_state_dict(loader_states)
-    except ValueError as exc:
-        raise ConfigError(f"{ckpt}: {exc}") from None
-    update = state["update"]
-    say(f"resumed from {ckpt} at update {update} (epoch {loader.epoch}, {how})")
-    if how == "elastic":
-        # per-rank RNG states no longer map one to one: reseed every rank from (seed, update, rank)
-        set_seed(int(np.random.SeedSequence([cfg.seed, update, accelerator.process_index]).generate_state(1)[0]))
-        say(f"  {state['world_size']} ranks × {state.get('num_workers', '?')} workers then, "
-            f"{accelerator.num_processes} × {loader.workers} now: the rest of the epoch is planned anew "
-            f"over the samples not yet used; random states reseeded from (seed, update, rank)")
-    now = padded_seconds_per_update(loader, cfg, accelerator)
-    if "padded_seconds_per_update" in state:
-        changed = abs(now - state["padded_seconds_per_update"]) >= 0.05 * now
-        say(f"  padded seconds per update: {state['padded_seconds_per_update']:.0f} then, {now:.0f} now"
-            + (" (the effective batch changed: --gradient_accumulation_steps adjusts it)" if changed else ""))
-    return update, state["counters"]
-
-
-def find_checkpoint(out: Path, which: str | None) -> Path | None:
-    """The checkpoint to resume from: `latest` (there must be one), `auto` (the latest, or None when
-    there is none: a requeued job's first start), a folder, or None for a fresh run."""
-    if which in ("latest", "auto"):
-        found = sorted((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-        if not found and which == "latest":
-            raise ConfigError(f"--resume_from_checkpoint latest: no checkpoint in {out / 'checkpoints'}")
-        return found[-1] if found else None
-    if which is None:
-        return None
-    path = Path(which)
-    if not (path / "trainer_state.json").is_file():
-        raise ConfigError(f"--resume_from_checkpoint {path}: not a checkpoint folder (no trainer_state.json)")
-    return path
-
-
-def prepare_output_dir(out: Path, ckpt: Path | None, cfg: TrainConfig, say) -> None:
-    """A fresh run must not mix with another run's files: its metrics would be appended to theirs,
-    `latest` could resume theirs and pruning could delete its own checkpoints."""
-    if ckpt is not None:
-        return
-    leftovers = [p for p in (out / "checkpoints", out / "metrics.jsonl", out / "final") if p.exists()]
-    if not leftovers:
-        return
-    names = ", ".join(p.name for p in leftovers)
-    if cfg.resume_from_checkpoint == "auto":  # this run, requeued before its first checkpoint
-        say(f"--resume_from_checkpoint auto: no checkpoint yet, starting afresh (replacing {names})")
-    elif not cfg.overwrite_output_dir:
-        raise ConfigError(f"{out} holds another run ({names}): pass --resume_from_checkpoint latest or auto to "
-                          "continue it, or --overwrite_output_dir to replace it, or choose another --output_dir")
-    for path in leftovers:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+            "eval_empty_references": total.empty_references, "eval_excluded": dict(excluded)}, mine.examples
 
 
 def print_plan(loader: SpeechLoader, cfg: TrainConfig, world: int) -> None:
@@ -672,21 +483,6 @@ def print_plan(loader: SpeechLoader, cfg: TrainConfig, world: int) -> None:
               f"{100 * (1 - audio / padded) if padded else 0.0:>7.1f}% {per_update:>16.1f} "
               f"{padded_per_batch.max(initial=0.0):>16.1f}")
     print("dry run: nothing trained, no checkpoint written")
-
-
-def padded_seconds_per_update(loader: SpeechLoader, cfg: TrainConfig, accelerator: Accelerator) -> float:
-    """What one update trains on, in padded seconds over all ranks (the effective batch)."""
-    return loader.padded_seconds_per_batch() * cfg.gradient_accumulation_steps * accelerator.num_processes
-
-
-def check_resumable(cfg: TrainConfig, state: dict, vocab_file: Path, ckpt: Path) -> None:
-    diffs = [f"{k}: checkpoint {state['config'].get(k)!r}, now {getattr(cfg, k)!r}"
-             for k in RESUME_MUST_MATCH if state["config"].get(k) != getattr(cfg, k)]
-    if (ckpt / "vocab.json").read_text() != vocab_file.read_text():
-        diffs.append("vocab.json differs")
-    if diffs:
-        raise ConfigError(f"{ckpt} comes from another configuration; it cannot be resumed:\n  "
-                          + "\n  ".join(diffs))
 
 
 if __name__ == "__main__":

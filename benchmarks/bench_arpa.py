@@ -5,9 +5,9 @@
 
 Writes a synthetic 5-gram ARPA without </s> into a temporary folder, laid out as lmplz writes one
 (<unk>, <s> first among the 1-grams; Zipfian words; entries sorted by suffix), then times, each
-in its own subprocess: `cp`, `tools/fix_arpa.py IN OUT`, the blog's loop (the `</s>` loop from
+in its own subprocess: `cp`, `w2v-fix-arpa IN OUT`, the blog's loop (the `</s>` loop from
 Hugging Face's blog post "Boosting Wav2Vec2 with n-grams in Transformers", `ARPA_EOS_LOOP` in
-benchmarks/baselines.py, verbatim in `python -c`), and `tools/fix_arpa.py --check` (on a fixed
+benchmarks/baselines.py, verbatim in `python -c`), and `w2v-fix-arpa --check` (on a fixed
 copy). Each path runs `--repeat` times, interleaved round by round; the table gives medians. Peak RSS
 comes from GNU time (/usr/bin/time -f %M). All reads come from the page cache (the file was just
 written), and dirty pages are synced before each timed run so that one run's writeback does not
@@ -33,7 +33,7 @@ from pathlib import Path
 from baselines import ARPA_EOS_LOOP  # the blog's loop, verbatim (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
-FIX_TOOL = REPO / "tools" / "fix_arpa.py"
+FIX_COMMAND = ["-m", "w2v.cli.fix_arpa"]  # w2v-fix-arpa
 GNU_TIME = shutil.which("time", path="/usr/bin:/bin")  # GNU time, for each child's own peak RSS
 
 ORDER = 5
@@ -150,12 +150,12 @@ def bench(size_gb: float, vocab_size: int | None, repeat: int, tmp_root: str | N
         py = sys.executable
         ours_out, loop_out, cp_out = tmp / "ours.arpa", tmp / "5gram_correct.arpa", tmp / "cp.arpa"
         checked = tmp / "checked.arpa"  # --check reads a fixed file (a passing check) of its own
-        subprocess.run([py, str(FIX_TOOL), str(src), str(checked)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([py, *FIX_COMMAND, str(src), str(checked)], check=True, stdout=subprocess.DEVNULL)
         rows = interleaved({
             "cp": (["cp", str(src), str(cp_out)], cp_out, None),
-            "fix_arpa.py": ([py, str(FIX_TOOL), str(src), str(ours_out)], ours_out, None),
+            "w2v-fix-arpa": ([py, *FIX_COMMAND, str(src), str(ours_out)], ours_out, None),
             "blog loop": ([py, "-c", ARPA_EOS_LOOP], loop_out, tmp),
-            "fix_arpa.py --check": ([py, str(FIX_TOOL), "--check", str(checked)], None, None),
+            "w2v-fix-arpa --check": ([py, *FIX_COMMAND, "--check", str(checked)], None, None),
         }, repeat)
         identical = _same_bytes(ours_out, loop_out)
     finally:

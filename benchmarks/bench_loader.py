@@ -47,11 +47,11 @@ import webdataset as wds
 from baselines import DataCollatorCTCWithPadding
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
-from w2v.data.corpus import open_corpus
 from w2v.data.decode import decode_member
 from w2v.data.loader import LoaderConfig, SpeechLoader
-from w2v.data.sharding import ShardOptions, make_shards
-from w2v.data.tar import tar_members
+from w2v.shards.corpus import open_corpus
+from w2v.shards.sharding import ShardOptions, make_shards
+from w2v.shards.tar import tar_members
 from w2v.synth import speak
 from w2v.text import Vocabulary
 
@@ -99,7 +99,7 @@ def run_ours(shards: Path, vocab: Vocabulary, timings: dict | None = None) -> fl
     loops; the set-up's own share is recorded in `timings`."""
     start = time.perf_counter()
     loader = SpeechLoader(shards, LoaderConfig(max_batch_seconds=80, num_workers=0, shuffle=True),
-                          labeler=vocab.encode)
+                          vocab=vocab)
     len(loader)  # computes the epoch's plan
     if timings is not None:
         timings["setup_seconds"] = time.perf_counter() - start
@@ -164,7 +164,7 @@ def compare_workers(shards: Path, vocab: Vocabulary, max_workers: int) -> dict:
     results = {}
     for workers in range(max_workers + 1):
         loader = SpeechLoader(shards, LoaderConfig(max_batch_seconds=80, num_workers=workers, shuffle=True),
-                              labeler=vocab.encode)
+                              vocab=vocab)
         for _ in loader:  # warm-up epoch: worker start, numba cache, page cache
             pass
         loader.set_epoch(1)

@@ -89,7 +89,7 @@ def main() -> int:
         size = sum(f.stat().st_size for f in (folder / "parts").glob("*.index.json"))
         print(f"{args.parts} parts, {args.utterances:,} utterances, {size / 1e6:.0f} MB of part indexes "
               f"(written in {time.perf_counter() - start:.0f} s)")
-        ours = timed([sys.executable, str(ROOT / "tools" / "merge_shards.py"), str(folder)])
+        ours = timed([sys.executable, "-m", "w2v.cli.merge_shards", str(folder)])
         naive = timed([sys.executable, "-c", NAIVE, str(folder)])
         merged = json.loads((folder / "index.json").read_text())
         assert merged["num_samples"] == args.utterances and merged["inputs"] == args.utterances + args.parts

@@ -11,7 +11,7 @@ per rank measured one after another, each doing what `train.py` does before its 
 
     vocabulary        the characters of every normalised training text (rank 0 builds it in train.py,
                       the others wait for it)
-    loader            SpeechLoader(spec, LoaderConfig(...), labeler=vocab.encode, rank=, world_size=,
+    loader            SpeechLoader(spec, LoaderConfig(...), vocab=vocab, rank=, world_size=,
                       conv_kernel=, conv_stride=): the sample table, labels and CTC feasibility
     unknown           the transcripts whose labels hold [UNK] (train.py reports their characters)
     plan              this epoch's plan for every rank and worker (len(loader))
@@ -143,15 +143,25 @@ def run_rank(args: argparse.Namespace) -> dict:
     seconds = {}
     spec, normalizer = args.folder, TextNormalizer()
     t = time.perf_counter()
-    if hasattr(train, "training_vocabulary"):
-        vocab = train.training_vocabulary(spec, None, normalizer)
-    else:
-        vocab = Vocabulary.build(train.training_texts(spec, None), normalizer)
+    labels: dict = {}
+    try:  # today's layout: the spec resolved once, passed to the vocabulary and the loader
+        from w2v.data.labels import vocabulary_from_shards
+        from w2v.shards.spec import select_shards
+
+        spec = select_shards(spec)
+        vocab = vocabulary_from_shards(spec, normalizer)
+        labels["vocab"] = vocab
+    except ImportError:  # an older checkout (the baseline)
+        if hasattr(train, "training_vocabulary"):
+            vocab = train.training_vocabulary(spec, None, normalizer)
+        else:
+            vocab = Vocabulary.build(train.training_texts(spec, None), normalizer)
+        labels["labeler"] = vocab.encode
     seconds["vocabulary"] = time.perf_counter() - t
     t = time.perf_counter()
     cfg = LoaderConfig(max_batch_seconds=200.0, num_workers=args.workers, seed=1)
-    loader = SpeechLoader(spec, cfg, labeler=vocab.encode, rank=args.rank, world_size=args.world_size,
-                          conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE)
+    loader = SpeechLoader(spec, cfg, rank=args.rank, world_size=args.world_size,
+                          conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE, **labels)
     seconds["loader"] = time.perf_counter() - t
     t = time.perf_counter()
     unknown = train.texts_with_unknown(loader, vocab)

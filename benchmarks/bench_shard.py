@@ -28,10 +28,10 @@ import soundfile as sf
 import soxr
 import torch
 
-from w2v.data import audio
-from w2v.data.corpus import open_corpus
-from w2v.data.parts import Part, merge_parts
-from w2v.data.sharding import ShardOptions, make_shards
+from w2v.shards import audio
+from w2v.shards.corpus import open_corpus
+from w2v.shards.parts import Part, merge_parts
+from w2v.shards.sharding import ShardOptions, make_shards
 from w2v.synth import speak
 
 TEXTS = [

@@ -35,8 +35,8 @@ import torch
 import yaml
 from baselines import DataCollatorCTCWithPadding
 
-from w2v.data.index import read_index
-from w2v.data.tar import iter_tar_samples
+from w2v.shards.index import read_index
+from w2v.shards.tar import iter_tar_samples
 from w2v.text import Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +55,7 @@ def make_data(work: Path, utterances: int) -> Path:
     corpus = work / "corpus"
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_demo_corpus.py"), "--out", str(corpus), "--train",
                     str(utterances), "--dev", "1", "--test", "1", "--lm-extra", "0"], check=True)
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_shards.py"), str(corpus), "--split", "train",
+    subprocess.run([sys.executable, "-m", "w2v.cli.make_shards", str(corpus), "--split", "train",
                     "--out", str(shards), "--no-progress"], check=True)
     return shards
 

@@ -139,7 +139,7 @@ def main() -> int:
     model = make_model(work)
     outs = {"ours": work / "ours.jsonl", "pipeline_loop": work / "pipeline.jsonl"}
     commands = {
-        "ours": [sys.executable, str(ROOT / "tools" / "transcribe.py"), str(model), str(folder), "--out",
+        "ours": [sys.executable, "-m", "w2v.cli.transcribe", str(model), str(folder), "--out",
                  str(outs["ours"])],
         "pipeline_loop": [sys.executable, "-c", PIPELINE_LOOP, str(model), str(folder), str(outs["pipeline_loop"])],
     }

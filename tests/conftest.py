@@ -12,12 +12,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach a
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def run_command(name: str, *args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs a command (`w2v-make-shards args…`, as `python -m w2v.cli.make_shards args…`: the same
+    main the console script calls) as a user would, from the repo root."""
+    module = "w2v.cli." + name.removeprefix("w2v-").replace("-", "_")
+    return _run([sys.executable, "-m", module, *map(str, args)], name, check, timeout)
+
+
 def run_tool(script: str, *args: str, check: bool = False, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `python tools/<script> args…` as a user would, from the repo root."""
-    cmd = [sys.executable, str(ROOT / "tools" / script), *map(str, args)]
+    """Runs `python tools/<script> args…` (the demo) from the repo root."""
+    return _run([sys.executable, str(ROOT / "tools" / script), *map(str, args)], script, check, timeout)
+
+
+def _run(cmd: list[str], name: str, check: bool, timeout: float) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
@@ -72,7 +82,7 @@ def cv_shards(commonvoice, tmp_path_factory):
     """The Common Voice test corpus as 3 FLAC shards of 2 samples each."""
     src, expected = commonvoice
     out = tmp_path_factory.mktemp("shards") / "cv"
-    run_tool("make_shards.py", src, "--out", out, "--max-shard-samples", "2", "--no-progress", check=True)
+    run_command("w2v-make-shards", src, "--out", out, "--max-shard-samples", "2", "--no-progress", check=True)
     return out, expected
 
 

@@ -1,4 +1,4 @@
-"""w2v.lm.arpa_fix, w2v.lm.arpa_check and tools/fix_arpa.py: the </s> fix, checking, and real KenLM / pyctcdecode on the result."""
+"""w2v.lm.arpa_fix, w2v.lm.arpa_check and w2v-fix-arpa: the </s> fix, checking, and real KenLM / pyctcdecode on the result."""
 
 from __future__ import annotations
 
@@ -21,19 +21,12 @@ from benchmarks.baselines import ARPA_EOS_LOOP  # the wav2vec2 n-gram blog post'
 from w2v.lm import arpa, arpa_check, arpa_fix
 
 REPO = Path(__file__).resolve().parents[1]
-FIX_TOOL = REPO / "tools" / "fix_arpa.py"
+FIX_COMMAND = ["-m", "w2v.cli.fix_arpa"]  # w2v-fix-arpa
 ONE_LINE_CORPUS = "the cat sat on the mat the dog sat on the log"  # no newline: lmplz writes no </s>
 SENTENCES = "the cat sat on the mat\nthe dog sat on the log\n"
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("fix_arpa_cli", FIX_TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = _load_cli()
+cli = importlib.import_module("w2v.cli.fix_arpa")
 
 
 def blog_loop(src: Path, dst: Path) -> None:
@@ -431,7 +424,7 @@ def test_crlf_and_binary_lm_are_named(tmp_path, capsys):
 def test_cli_exit_codes_and_no_heavy_imports(one_line_arpa, tmp_path):
     out = tmp_path / "out.arpa"
     for args, code in [([one_line_arpa, out], 0), (["--check", one_line_arpa], 1), (["--check", out], 0)]:
-        proc = subprocess.run([sys.executable, "-X", "importtime", str(FIX_TOOL), *map(str, args)],
+        proc = subprocess.run([sys.executable, "-X", "importtime", *FIX_COMMAND, *map(str, args)],
                               capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == code, proc.stderr
         imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}

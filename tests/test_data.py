@@ -14,11 +14,12 @@ import torch
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
 from benchmarks.baselines import DataCollatorCTCWithPadding
-from tests.conftest import run_tool
-from w2v.data.index import expand_spec, read_index
+from tests.conftest import run_command
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.data.plan import output_frames
-from w2v.data.tar import iter_tar_samples
+from w2v.shards.index import read_index
+from w2v.shards.spec import expand_spec, select_shards
+from w2v.shards.tar import iter_tar_samples
 from w2v.text import Vocabulary
 
 CONV_KERNEL, CONV_STRIDE = (10, 3, 3, 3, 3, 2, 2), (5, 2, 2, 2, 2, 2, 2)
@@ -32,7 +33,7 @@ def vocab_for(shard_dir) -> Vocabulary:
 def loader(shard_dir, vocab, **kw) -> SpeechLoader:
     rank, world, index = kw.pop("rank", 0), kw.pop("world_size", 1), kw.pop("index", None)
     cfg = LoaderConfig(**{"max_batch_seconds": 8.0, "shuffle_buffer": 3, **kw})
-    return SpeechLoader(shard_dir, cfg, labeler=vocab.encode, rank=rank, world_size=world,
+    return SpeechLoader(shard_dir, cfg, vocab=vocab, rank=rank, world_size=world,
                         conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE, index=index)
 
 
@@ -214,7 +215,7 @@ def test_filters_count_drops_by_reason(cv_shards):
     assert ld.diagnostics()["drops"] == {"below_min_duration": 1}
     # a conv stack of one frame per second cannot fit any of these sentences: all CTC-infeasible
     with pytest.raises(ValueError, match="ctc_infeasible"):
-        SpeechLoader(shard_dir, LoaderConfig(), labeler=vocab.encode, conv_kernel=(16000,), conv_stride=(16000,))
+        SpeechLoader(shard_dir, LoaderConfig(), vocab=vocab, conv_kernel=(16000,), conv_stride=(16000,))
 
 
 def test_output_frames_match_the_model():
@@ -245,7 +246,7 @@ def test_shard_specs(cv_shards, tmp_path):
     assert expand_spec(f"{shard_dir}/*.tar") == [str(shard_dir / n) for n in names]
     vocab = vocab_for(shard_dir)
     pipe = [f"pipe:cat {shard_dir / n}" for n in names]
-    ld = SpeechLoader(pipe, LoaderConfig(max_batch_seconds=8.0), labeler=vocab.encode,
+    ld = SpeechLoader(pipe, LoaderConfig(max_batch_seconds=8.0), vocab=vocab,
                       index=str(shard_dir / "index.json"))
     assert sorted(k for b in ld for k in b["keys"]) == sorted(expected.written)
     with pytest.raises(ValueError, match="matches no shards"):
@@ -271,7 +272,7 @@ def test_a_sample_whose_labels_cannot_fit_its_frames_is_dropped(cv_shards):
     ranked = sorted(largest_ok, key=largest_ok.get)
     victim, stride = ranked[0], largest_ok[ranked[1]]
     assert largest_ok[victim] < stride
-    ld = SpeechLoader(shard_dir, LoaderConfig(max_batch_seconds=8.0), labeler=vocab.encode,
+    ld = SpeechLoader(shard_dir, LoaderConfig(max_batch_seconds=8.0), vocab=vocab,
                       conv_kernel=(stride,), conv_stride=(stride,))
     keys = [k for b in ld for k in b["keys"]]
     assert victim not in keys and len(keys) == len(expected.written) - 1
@@ -279,8 +280,8 @@ def test_a_sample_whose_labels_cannot_fit_its_frames_is_dropped(cv_shards):
 
 
 def test_wav_fast_path_equals_soundfile():
-    from w2v.data import audio
     from w2v.data.decode import decode_member
+    from w2v.shards import audio
 
     rng = np.random.default_rng(0)
     pcm = rng.integers(-32768, 32767, 16001, dtype=np.int16)
@@ -295,7 +296,7 @@ def test_wav_fast_path_equals_soundfile():
 
 @pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
 def test_tar_reader_handles_the_common_tar_formats(tmp_path, fmt):
-    from w2v.data.tar import tar_members
+    from w2v.shards.tar import tar_members
 
     long_key = "k" * 120 if fmt != tarfile.USTAR_FORMAT else "short_key"
     path = tmp_path / "x.tar"
@@ -310,8 +311,8 @@ def test_tar_reader_handles_the_common_tar_formats(tmp_path, fmt):
 
 
 def test_flac_members_decode_with_w2v_flac_or_soundfile():
-    from w2v.data import audio
     from w2v.data.decode import decode_member
+    from w2v.shards import audio
 
     rng = np.random.default_rng(0)
     pcm = (3000 * rng.standard_normal(16001)).astype(np.int16)
@@ -472,9 +473,9 @@ def test_resampled_mode_delivers_every_drawn_sample_even_from_a_shard_drawn_twic
 
 
 def test_columns_hold_exactly_what_the_index_says(cv_shards):
-    from w2v.data.columns import open_columns
     from w2v.data.labels import char_counts, labels
     from w2v.data.plan import ctc_min_frames
+    from w2v.shards.columns import open_columns
 
     shard_dir, _ = cv_shards
     index = read_index(shard_dir)
@@ -498,9 +499,9 @@ def test_columns_hold_exactly_what_the_index_says(cv_shards):
     from w2v.data.labels import vocabulary_from_shards
 
     all_texts = [t for s in index["shards"] for t in s["texts"]]
-    assert vocabulary_from_shards(str(shard_dir)).tokens == Vocabulary.build(all_texts).tokens
+    assert vocabulary_from_shards(select_shards(str(shard_dir))).tokens == Vocabulary.build(all_texts).tokens
     first = str(shard_dir / index["shards"][0]["name"])
-    assert vocabulary_from_shards([first]).tokens == Vocabulary.build(index["shards"][0]["texts"]).tokens
+    assert vocabulary_from_shards(select_shards([first])).tokens == Vocabulary.build(index["shards"][0]["texts"]).tokens
     # a vocabulary without some characters: the rows with [UNK] found by the cache are the right ones
     small = Vocabulary.build(index["shards"][0]["texts"])
     table = loader(shard_dir, small).table
@@ -514,11 +515,11 @@ def test_old_folders_get_columns_and_stale_ones_are_rebuilt(commonvoice, tmp_pat
 
     src, expected = commonvoice
     out = tmp_path / "cv"
-    run_tool("make_shards.py", src / "train.tsv", "--out", out, "--max-shard-samples", "2", "--no-progress",
+    run_command("w2v-make-shards", src / "train.tsv", "--out", out, "--max-shard-samples", "2", "--no-progress",
              check=True)
     assert (out / "columns" / "meta.json").is_file()  # written beside the index
     shutil.rmtree(out / "columns")  # a folder made before columns existed
-    code = ("import sys; from w2v.data.columns import open_columns; "
+    code = ("import sys; from w2v.shards.columns import open_columns; "
             "print(len(open_columns(sys.argv[1] + '/index.json')))")
     racers = [subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
               for _ in range(3)]  # built by one of them while the others wait
@@ -526,7 +527,7 @@ def test_old_folders_get_columns_and_stale_ones_are_rebuilt(commonvoice, tmp_pat
     vocab = vocab_for(out)
     assert sorted(k for b in loader(out, vocab) for k in b["keys"]) == sorted(expected.written)
     # the shards rewritten (one per shard now): the columns are stale and rebuilt
-    run_tool("make_shards.py", src / "train.tsv", "--out", out, "--max-shard-samples", "1", "--no-progress",
+    run_command("w2v-make-shards", src / "train.tsv", "--out", out, "--max-shard-samples", "1", "--no-progress",
              "--overwrite", check=True)
     before = (out / "columns" / "meta.json").read_text()
     (out / "index.json").touch()  # a newer index than the columns
@@ -556,24 +557,24 @@ def test_the_cached_labels_plan_exactly_what_a_per_text_labeler_plans(cv_shards,
     shutil.rmtree(rebuilt / "columns")  # built again from index.json on first use
     vocab = vocab_for(shard_dir)
 
-    def batches(folder, labeler, rank, epoch):
+    def batches(folder, rank, epoch, **labels):
         cfg = LoaderConfig(max_batch_seconds=6.0, shuffle_buffer=3, num_workers=2, seed=11, max_duration=3.1)
-        ld = SpeechLoader(folder, cfg, labeler=labeler, rank=rank, world_size=2,
-                          conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE)
+        ld = SpeechLoader(folder, cfg, rank=rank, world_size=2, conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE,
+                          **labels)
         ld.set_epoch(epoch)
         out = [(b["keys"], b["labels"].tolist(), b["input_values"].abs().sum().item()) for b in ld]
         return out, ld.table.drop_reason.tolist()
 
     for rank in range(2):
         for epoch in range(2):
-            cached = batches(shard_dir, vocab.encode, rank, epoch)
+            cached = batches(shard_dir, rank, epoch, vocab=vocab)
             assert cached[0] and any(cached[1])  # some batches, and some samples dropped
-            assert batches(shard_dir, lambda text: vocab.encode(text), rank, epoch) == cached
-            assert batches(rebuilt, vocab.encode, rank, epoch) == cached
+            assert batches(shard_dir, rank, epoch, labeler=vocab.encode) == cached
+            assert batches(rebuilt, rank, epoch, vocab=vocab) == cached
 
 
 def test_the_index_is_read_one_shard_entry_at_a_time_exactly_as_json_reads_it(tmp_path):
-    from w2v.data.index import iter_index_shards
+    from w2v.shards.index import iter_index_shards
 
     index = {"format": "w2v-shards/1", "name": 'odd "name" {[', "shards": [
         {"name": "a.tar", "num_samples": 2, "keys": ["k1", "k2"], "durations": [1.25, 123456789.5],

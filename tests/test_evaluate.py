@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import make_tiny_model, run_tool
+from tests.conftest import make_tiny_model, run_command
 from tests.corpora import speak_to
 from w2v.metrics import ErrorCounts
 from w2v.text import Vocabulary
@@ -46,7 +46,7 @@ def odd_set(tmp_path_factory):
         speak_to("some words here" if key == "empty" else text, root / f"{key}.wav", i, 16000, "wav", tmp)
         rows.append(json.dumps({"audio": f"{key}.wav", "text": text, "id": key}))
     (root / "manifest.jsonl").write_text("\n".join(rows) + "\n")
-    run_tool("make_shards.py", root / "manifest.jsonl", "--out", root / "shards", "--no-progress", check=True)
+    run_command("w2v-make-shards", root / "manifest.jsonl", "--out", root / "shards", "--no-progress", check=True)
     index = json.loads((root / "shards" / "index.json").read_text())
     durations = dict(zip(index["shards"][0]["keys"], index["shards"][0]["durations"], strict=True))
     assert index["num_samples"] == 3 and durations["long"] > 3.0 > durations["plain"]
@@ -58,8 +58,8 @@ def test_evaluate_scores_every_utterance(odd_set, tmp_path):
     shards, model = odd_set
     report, errors, text = tmp_path / "eval.json", tmp_path / "errors.jsonl", tmp_path / "lm.txt"
     text.write_text("a cat sat\nthe quick brown fox\n")
-    run_tool("build_lm.py", "--text", text, "--order", "3", "--out", tmp_path / "lm", check=True)
-    proc = run_tool("evaluate.py", "--model", model, "--shards", shards, "--max-batch-seconds", "3",
+    run_command("w2v-build-lm", "--text", text, "--order", "3", "--out", tmp_path / "lm", check=True)
+    proc = run_command("w2v-evaluate", "--model", model, "--shards", shards, "--max-batch-seconds", "3",
                     "--lm", tmp_path / "lm", "--beam-width", "2", "--workers", "1", "--json", report, "--errors",
                     errors, check=True)
     assert f"LM: {tmp_path / 'lm' / '3gram.arpa'} (3-gram," in proc.stdout  # it names what it decodes with
@@ -72,7 +72,7 @@ def test_evaluate_scores_every_utterance(odd_set, tmp_path):
     assert rows["empty"]["word_edits"] == len(rows["empty"]["hyp"].split())
     assert not rows["plain"]["empty_reference"] and rows["plain"]["wer"] is not None
     assert "3 of the index's 3 utterances scored" in proc.stdout and "empty references" in proc.stdout
-    typo = run_tool("evaluate.py", "--model", model, "--shards", shards, "--lm", tmp_path / "lm3")
+    typo = run_command("w2v-evaluate", "--model", model, "--shards", shards, "--lm", tmp_path / "lm3")
     assert typo.returncode == 2 and "no such LM file or folder" in typo.stderr and "acoustic" not in typo.stderr
 
 

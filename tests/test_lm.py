@@ -1,9 +1,9 @@
-"""tools/build_lm.py with the real lmplz/build_binary, from text and from shards."""
+"""w2v-build-lm with the real lmplz/build_binary, from text and from shards."""
 
 import kenlm
 import pytest
 
-from tests.conftest import run_tool
+from tests.conftest import run_command
 from w2v.lm import arpa_check
 from w2v.text import TextNormalizer
 
@@ -12,7 +12,7 @@ def test_build_lm_from_text_has_eos_naturally_and_loads(tmp_path):
     text = tmp_path / "lm.txt"
     text.write_text("The quick brown fox.\n“Curly” quotes, it’s fine!\n\n...\nthe fox sells shells\n")
     out = tmp_path / "lm"
-    proc = run_tool("build_lm.py", "--text", text, "--order", "3", "--out", out, "--binary", check=True)
+    proc = run_command("w2v-build-lm", "--text", text, "--order", "3", "--out", out, "--binary", check=True)
     assert "2 empty after normalisation, skipped" in proc.stdout
     report = arpa_check.check_arpa(out / "3gram.arpa")
     assert report.ok and report.has_eos and "fixed" not in proc.stdout  # one sentence per line: </s> by itself
@@ -30,17 +30,17 @@ def test_build_lm_from_text_has_eos_naturally_and_loads(tmp_path):
 def test_build_lm_from_shards_uses_the_training_normalisation(cv_shards, tmp_path):
     shards, expected = cv_shards
     out = tmp_path / "lm"
-    run_tool("build_lm.py", "--shards", shards, "--order", "2", "--out", out, check=True)
+    run_command("w2v-build-lm", "--shards", shards, "--order", "2", "--out", out, check=True)
     normalise = TextNormalizer()
     assert sorted((out / "corpus.txt").read_text().splitlines()) == sorted(
         normalise(t) for _, t in expected.written.values())
 
 
 def test_build_lm_refuses_missing_text_and_a_unigram_order(tmp_path):
-    proc = run_tool("build_lm.py", "--text", tmp_path / "nope.txt", "--out", tmp_path / "lm")
+    proc = run_command("w2v-build-lm", "--text", tmp_path / "nope.txt", "--out", tmp_path / "lm")
     assert proc.returncode == 2 and "no such file" in proc.stderr
     (tmp_path / "t.txt").write_text("a cat sat\n")
-    proc = run_tool("build_lm.py", "--text", tmp_path / "t.txt", "--order", "1", "--out", tmp_path / "lm")
+    proc = run_command("w2v-build-lm", "--text", tmp_path / "t.txt", "--order", "1", "--out", tmp_path / "lm")
     assert proc.returncode == 2 and "at least a bigram" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "lm").exists()
 
@@ -51,11 +51,11 @@ def test_an_lm_folder_holds_one_lm(tmp_path):
     text = tmp_path / "lm.txt"
     text.write_text("the cat sat on the mat\nthe dog sat on the log\n")
     out = tmp_path / "lm"
-    run_tool("build_lm.py", "--text", text, "--order", "4", "--out", out, "--binary", check=True)
-    again = run_tool("build_lm.py", "--text", text, "--order", "3", "--out", out)
+    run_command("w2v-build-lm", "--text", text, "--order", "4", "--out", out, "--binary", check=True)
+    again = run_command("w2v-build-lm", "--text", text, "--order", "3", "--out", out)
     assert again.returncode == 2 and "already holds an LM" in again.stderr and "--overwrite" in again.stderr
     assert find_lm_file(out).name == "4gram.bin"  # untouched: the refused build removed nothing
-    run_tool("build_lm.py", "--text", text, "--order", "3", "--out", out, "--overwrite", check=True)
+    run_command("w2v-build-lm", "--text", text, "--order", "3", "--out", out, "--overwrite", check=True)
     assert sorted(p.name for p in out.iterdir()) == ["3gram.arpa", "corpus.txt", "unigrams.txt"]
     (out / "4gram.bin").write_bytes(b"mmap lm ")  # a second LM put there by hand: which one is meant?
     with pytest.raises(ValueError, match="more than one LM"):

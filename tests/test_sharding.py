@@ -1,4 +1,4 @@
-"""w2v-make-shards (tools/make_shards.py) on real corpora, read back with plain tarfile/webdataset + soundfile."""
+"""w2v-make-shards (w2v-make-shards) on real corpora, read back with plain tarfile/webdataset + soundfile."""
 
 import csv
 import hashlib
@@ -17,9 +17,9 @@ import soxr
 import webdataset as wds
 
 from tests import corpora
-from tests.conftest import ROOT, run_tool
-from w2v.data.corpus import open_corpus
-from w2v.data.sharding import ShardOptions, make_shards
+from tests.conftest import ROOT, run_command
+from w2v.shards.corpus import open_corpus
+from w2v.shards.sharding import ShardOptions, make_shards
 
 
 def read_back(out: Path) -> dict[str, tuple[np.ndarray, int, dict, str]]:
@@ -71,7 +71,7 @@ def check_shards(out: Path, expected: corpora.Expected, codec: str = "flac") -> 
 def test_commonvoice_mp3_48k_and_32k_with_broken_clips(commonvoice, tmp_path):
     src, expected = commonvoice
     out = tmp_path / "cv-train"
-    proc = run_tool("make_shards.py", src / "train.tsv", "--out", out, "--workers", "2",
+    proc = run_command("w2v-make-shards", src / "train.tsv", "--out", out, "--workers", "2",
                     "--max-shard-samples", "2", check=True)
     index = check_shards(out, expected)
     assert index["num_shards"] == 3 and index["source"]["format"] == "commonvoice"
@@ -80,14 +80,14 @@ def test_commonvoice_mp3_48k_and_32k_with_broken_clips(commonvoice, tmp_path):
     # stderr is a pipe here, as a log file on a cluster: plain progress lines, no carriage returns
     assert "\r" not in proc.stderr and "sharding: 12/12 utt" in proc.stderr
     # the locale folder + --split finds the same TSV
-    run_tool("make_shards.py", src, "--split", "train", "--out", tmp_path / "again", check=True)
+    run_command("w2v-make-shards", src, "--split", "train", "--out", tmp_path / "again", check=True)
     assert skipped_lines(tmp_path / "again") == expected.skipped
 
 
 def test_webdataset_reads_the_shards(commonvoice, tmp_path):
     src, expected = commonvoice
     out = tmp_path / "cv"
-    run_tool("make_shards.py", src, "--out", out, "--max-shard-samples", "4", check=True)
+    run_command("w2v-make-shards", src, "--out", out, "--max-shard-samples", "4", check=True)
     urls = [str(p) for p in sorted(out.glob("*.tar"))]
     seen = {}
     for sample in wds.WebDataset(urls, shardshuffle=False):
@@ -100,7 +100,7 @@ def test_webdataset_reads_the_shards(commonvoice, tmp_path):
 def test_librispeech(librispeech, tmp_path):
     src, expected = librispeech
     out = tmp_path / "ls"
-    run_tool("make_shards.py", src, "--out", out, "--codec", "wav", check=True)
+    run_command("w2v-make-shards", src, "--out", out, "--codec", "wav", check=True)
     index = check_shards(out, expected, codec="wav")
     assert index["source"]["format"] == "librispeech"
     meta = read_back(out)["101-2000-0001"][2]
@@ -134,7 +134,7 @@ def assert_same_audio(shard_wave: np.ndarray, source: np.ndarray, lossy: bool, w
 def test_manifest_stereo_8k_44k(tmp_path, kind):
     expected = corpora.make_manifest(tmp_path / "src", kind)
     out = tmp_path / "out"
-    run_tool("make_shards.py", tmp_path / "src" / f"manifest.{kind}", "--out", out, check=True)
+    run_command("w2v-make-shards", tmp_path / "src" / f"manifest.{kind}", "--out", out, check=True)
     check_shards(out, expected)
     for key, (wave, _, _, _) in read_back(out).items():  # stereo 44.1k, 8k, mp3 48k, 22.05k
         source = next((tmp_path / "src" / "audio").glob(f"{key}.*"))
@@ -148,7 +148,7 @@ def test_deterministic_whatever_the_worker_count(manifest_dir, tmp_path):
     digests = []
     for workers in ("1", "2"):
         out = tmp_path / f"w{workers}" / "set"
-        run_tool("make_shards.py", src / "manifest.jsonl", "--out", out, "--workers", workers,
+        run_command("w2v-make-shards", src / "manifest.jsonl", "--out", out, "--workers", workers,
                  "--max-shard-samples", "1", check=True)
         digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*.tar")})
     assert digests[0] == digests[1] and len(digests[0]) == 4  # one shard per utterance: two workers share them
@@ -159,7 +159,7 @@ def test_duration_filters_are_reported_skips(manifest_dir, tmp_path):
     durations = sorted(s for s, _ in expected.written.values())
     lo, hi = (durations[0] + durations[1]) / 2, (durations[-2] + durations[-1]) / 2
     out = tmp_path / "out"
-    run_tool("make_shards.py", src / "manifest.jsonl", "--out", out,
+    run_command("w2v-make-shards", src / "manifest.jsonl", "--out", out,
              "--min-duration", str(lo), "--max-duration", str(hi), check=True)
     reasons = skipped_lines(out)
     assert sorted(reasons.values()).count("below_min_duration") == 1
@@ -173,21 +173,21 @@ def test_refuses_non_empty_output_unless_overwrite(manifest_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "something").write_text("x")
-    proc = run_tool("make_shards.py", src / "manifest.jsonl", "--out", out)
+    proc = run_command("w2v-make-shards", src / "manifest.jsonl", "--out", out)
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
-    run_tool("make_shards.py", src / "manifest.jsonl", "--out", out, "--overwrite", check=True)
+    run_command("w2v-make-shards", src / "manifest.jsonl", "--out", out, "--overwrite", check=True)
     assert (out / "index.json").is_file() and (out / "something").is_file()
 
 
 def test_structural_errors_exit_2_before_any_work(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"file_name": "a.wav", "text": "hi"}) + "\n")
-    proc = run_tool("make_shards.py", bad, "--out", tmp_path / "o1")
+    proc = run_command("w2v-make-shards", bad, "--out", tmp_path / "o1")
     assert proc.returncode == 2 and "no audio column" in proc.stderr
     (tmp_path / "empty").mkdir()
-    proc = run_tool("make_shards.py", tmp_path / "empty", "--out", tmp_path / "o2")
+    proc = run_command("w2v-make-shards", tmp_path / "empty", "--out", tmp_path / "o2")
     assert proc.returncode == 2 and "no known layout" in proc.stderr
-    proc = run_tool("make_shards.py", tmp_path / "nothere", "--out", tmp_path / "o3")
+    proc = run_command("w2v-make-shards", tmp_path / "nothere", "--out", tmp_path / "o3")
     assert proc.returncode == 2
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
 
@@ -195,10 +195,10 @@ def test_structural_errors_exit_2_before_any_work(tmp_path):
 def test_torchaudio_resampler_matches_soxr(manifest_dir, tmp_path):
     src, expected = manifest_dir
     out = tmp_path / "ta"
-    run_tool("make_shards.py", src / "manifest.jsonl", "--out", out, "--resampler", "torchaudio", check=True)
+    run_command("w2v-make-shards", src / "manifest.jsonl", "--out", out, "--resampler", "torchaudio", check=True)
     check_shards(out, expected)
     soxr_out = tmp_path / "sx"
-    run_tool("make_shards.py", src / "manifest.jsonl", "--out", soxr_out, check=True)
+    run_command("w2v-make-shards", src / "manifest.jsonl", "--out", soxr_out, check=True)
     ours, theirs = read_back(out), read_back(soxr_out)
     for key in ("utt0", "utt1", "utt3"):  # down from 44.1 kHz, up from 8 kHz, down from 22.05 kHz
         source = next((src / "audio").glob(f"{key}.*"))
@@ -230,9 +230,9 @@ def test_crash_mid_run_leaves_only_complete_shards(manifest_dir, tmp_path, monke
 def test_inspect_shards_report(commonvoice, tmp_path):
     src, expected = commonvoice
     out = tmp_path / "cv"
-    run_tool("make_shards.py", src, "--out", out, check=True)
+    run_command("w2v-make-shards", src, "--out", out, check=True)
     report = tmp_path / "report"
-    proc = run_tool("inspect_shards.py", out, "--n", "4", "--out", report, check=True)
+    proc = run_command("w2v-inspect-shards", out, "--n", "4", "--out", report, check=True)
     page = (report / "index.html").read_text()
     assert (report / "durations.png").stat().st_size > 1000
     players = sorted(report.glob("audio/*.wav"))
@@ -266,7 +266,7 @@ def recording(tmp_path_factory):
 
 
 def test_segments_are_cut_resampled_once_and_decoded_once(recording, tmp_path, monkeypatch):
-    from w2v.data import audio
+    from w2v.shards import audio
 
     root, bounds = recording
     total = sum(e - s for s, e, _ in bounds)
@@ -316,7 +316,7 @@ def test_segments_in_a_csv_manifest_with_start_and_end(recording, tmp_path):
         writer = csv.writer(handle)
         writer.writerow(["path", "sentence", "start", "end"])
         writer.writerows(["rec16.wav", t, s, e] for s, e, t in bounds)
-    run_tool("make_shards.py", manifest, "--out", tmp_path / "csv", "--no-progress", check=True)
+    run_command("w2v-make-shards", manifest, "--out", tmp_path / "csv", "--no-progress", check=True)
     got = read_back(tmp_path / "csv")
     assert sorted(got) == sorted(f"rec16_{round(s * 1000):09d}" for s, _, _ in bounds)
     for s, e, _ in bounds:
@@ -340,7 +340,7 @@ def test_segment_bounds_that_are_not_numbers_are_bad_segments(tmp_path):
 
 
 def make_part(src: Path, out: Path, k: int, n: int = 3, **env: str) -> subprocess.Popen:
-    args = [sys.executable, str(ROOT / "tools" / "make_shards.py"), str(src), "--out", str(out),
+    args = [sys.executable, "-m", "w2v.cli.make_shards", str(src), "--out", str(out),
             "--max-shard-samples", "2", "--workers", "1", *([] if env else ["--num-parts", str(n), "--part", str(k)])]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env})
@@ -350,11 +350,11 @@ def test_parts_run_concurrently_and_merge_into_one_run(commonvoice, tmp_path):
     src, expected = commonvoice
     tsv = src / "train.tsv"
     single = tmp_path / "single"
-    run_tool("make_shards.py", tsv, "--out", single, "--max-shard-samples", "2", check=True)
+    run_command("w2v-make-shards", tsv, "--out", single, "--max-shard-samples", "2", check=True)
     out = tmp_path / "parts"
     parts = [make_part(tsv, out, k) for k in range(3)]  # three machines at once
     assert [p.wait(timeout=300) for p in parts] == [0, 0, 0], [p.stderr.read() for p in parts]
-    early = run_tool("merge_shards.py", out)  # nothing missing: it merges
+    early = run_command("w2v-merge-shards", out)  # nothing missing: it merges
     assert early.returncode == 0 and "inputs 12 = written 6 + skipped 6" in early.stdout, early.stderr
     index = check_shards(out, expected)  # every sample and skip of the corpus, inputs = written + skipped
     assert index["parts"] == 3 and all("-p0000" in s["name"] for s in index["shards"])
@@ -375,7 +375,7 @@ def test_a_missing_part_stops_the_merge_and_a_part_reruns_alone(commonvoice, tmp
     tsv, out = src / "train.tsv", tmp_path / "parts"
     for k in (0, 2):
         assert make_part(tsv, out, k).wait(timeout=300) == 0
-    merge = run_tool("merge_shards.py", out)
+    merge = run_command("w2v-merge-shards", out)
     assert merge.returncode == 2 and "1 of 3 parts are missing or unfinished: 1" in merge.stderr
     assert not (out / "index.json").exists() and not (out / "skipped.jsonl").exists()
     other = make_part(tsv, out, 1, n=4)  # a part of another split
@@ -387,16 +387,16 @@ def test_a_missing_part_stops_the_merge_and_a_part_reruns_alone(commonvoice, tmp
     before = sorted(p.name for p in out.glob(f"*-p{k:05d}-*.tar"))
     (out / "parts" / f"p{k:05d}.done.json").unlink()
     (out / before[0]).write_bytes(b"half a shard")
-    assert run_tool("merge_shards.py", out).returncode == 2
+    assert run_command("w2v-merge-shards", out).returncode == 2
     assert make_part(tsv, out, k).wait(timeout=300) == 0
     assert sorted(p.name for p in out.glob(f"*-p{k:05d}-*.tar")) == before  # replaced, not added to
-    assert run_tool("merge_shards.py", out).returncode == 0
+    assert run_command("w2v-merge-shards", out).returncode == 0
     assert sum(1 for _ in read_back(out)) == 6
 
 
 def test_dry_run_prints_the_parts(commonvoice):
     src, _ = commonvoice
-    proc = run_tool("make_shards.py", src / "train.tsv", "--out", "/nonexistent/never", "--num-parts", "2",
+    proc = run_command("w2v-make-shards", src / "train.tsv", "--out", "/nonexistent/never", "--num-parts", "2",
                     "--part", "0", "--dry-run", check=True)
     assert "12 inputs in 2 parts" in proc.stdout and "part 1: inputs 6..11, 6 inputs" in proc.stdout
     assert not Path("/nonexistent/never").exists()
@@ -413,7 +413,7 @@ def test_manifest_columns_json_lists_empty_inputs_and_m4a(commonvoice, tmp_path)
     rows = [("a.mp3", "the quick brown fox"), ("b.m4a", "jumps over"), ("c.wav", "the lazy dog")]
     (tmp_path / "m.csv").write_text("wav,transcription\n" + "".join(f"{a},{t}\n" for a, t in rows))
     out = tmp_path / "out"
-    run_tool("make_shards.py", tmp_path / "m.csv", "--audio-column", "wav", "--text-column", "transcription",
+    run_command("w2v-make-shards", tmp_path / "m.csv", "--audio-column", "wav", "--text-column", "transcription",
              "--out", out, "--no-progress", check=True)
     got = read_back(out)
     assert {k: m["text"] for k, (_, _, m, _) in got.items()} == {"a": rows[0][1], "b": rows[1][1], "c": rows[2][1]}
@@ -421,13 +421,13 @@ def test_manifest_columns_json_lists_empty_inputs_and_m4a(commonvoice, tmp_path)
     assert_same_audio(got["c"][0], source, False, "c")
     assert abs(len(got["b"][0]) - len(got["a"][0])) < 0.1 * 16000  # AAC adds its priming samples, no more
     (tmp_path / "list.json").write_text(json.dumps([{"audio": a, "text": t} for a, t in rows[:2]]))
-    run_tool("make_shards.py", tmp_path / "list.json", "--out", tmp_path / "out2", "--no-progress", check=True)
+    run_command("w2v-make-shards", tmp_path / "list.json", "--out", tmp_path / "out2", "--no-progress", check=True)
     assert json.loads((tmp_path / "out2" / "index.json").read_text())["num_samples"] == 2
     (tmp_path / "header.csv").write_text("wav,transcription\n")
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "empty.json").write_text("[]")
     for manifest in ("header.csv", "empty.jsonl", "empty.json"):
-        proc = run_tool("make_shards.py", tmp_path / manifest, "--out", tmp_path / "o", "--no-progress")
+        proc = run_command("w2v-make-shards", tmp_path / manifest, "--out", tmp_path / "o", "--no-progress")
         assert proc.returncode == 2 and "no rows" in proc.stderr, (manifest, proc.stderr)
-    proc = run_tool("make_shards.py", tmp_path / "m.csv", "--audio-column", "wave", "--out", tmp_path / "o")
+    proc = run_command("w2v-make-shards", tmp_path / "m.csv", "--audio-column", "wave", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "no column 'wave'" in proc.stderr and "columns: wav, transcription" in proc.stderr

@@ -16,12 +16,12 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 import train
-from tests.conftest import ROOT, run_tool
+from tests.conftest import ROOT, run_command
 from w2v.config import TrainConfig
-from w2v.data.index import read_index
 from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.metrics import ErrorCounts
 from w2v.model import CTCModel, load_model, wants_attention_mask
+from w2v.shards.index import read_index
 from w2v.text import TextNormalizer, Vocabulary
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
@@ -96,15 +96,17 @@ def odd_eval_shards(commonvoice, tmp_path_factory):
     src, expected = commonvoice
     longest = max(d for d, _ in expected.written.values())
     out = tmp_path_factory.mktemp("odd") / "eval"
-    run_tool("make_shards.py", src, "--out", out, "--max-shard-samples", "2", "--max-duration",
+    run_command("w2v-make-shards", src, "--out", out, "--max-shard-samples", "2", "--max-duration",
              str(longest - 0.01), "--no-progress", check=True)
     return out
 
 
-def test_two_process_evaluation_equals_one_process(cv_shards, odd_eval_shards, memorised, tmp_path):
+def test_evaluation_is_the_same_in_one_process_two_and_w2v_evaluate(cv_shards, odd_eval_shards, memorised,
+                                                                     tmp_path):
     """A model that transcribes (the memorised one, not trained further) scored on 5 utterances by one
     process and by two: the same error counts, so the same WER (an average of per-rank WERs, or one
-    rank's counts, would differ from the pooled counts)."""
+    rank's counts, would differ from the pooled counts); and w2v-evaluate on the same model and
+    shards gives training's figures (one scoring path)."""
     shards, _ = cv_shards
     durations = [d for s in read_index(odd_eval_shards)["shards"] for d in s["durations"]]
     cap = sorted(durations)[-2] - 0.01  # the two longest do not fit a batch: each is batched alone
@@ -121,6 +123,12 @@ def test_two_process_evaluation_equals_one_process(cv_shards, odd_eval_shards, m
     for key in ("eval_words", "eval_word_edits", "eval_chars", "eval_char_edits", "eval_wer", "eval_cer"):
         assert ev1[key] == ev2[key], key
     assert ev1["eval_loss"] == pytest.approx(ev2["eval_loss"], rel=1e-5)
+    report = tmp_path / "eval.json"
+    run_command("w2v-evaluate", "--model", memorised / "final", "--shards", odd_eval_shards,
+                "--max-batch-seconds", str(cap), "--json", report, check=True)
+    greedy, scored = json.loads(report.read_text())["greedy"], json.loads(report.read_text())["utterances"]
+    assert (scored, greedy["words"], greedy["word_edits"], greedy["wer"], greedy["cer"]) == (
+        ev1["eval_utterances"], ev1["eval_words"], ev1["eval_word_edits"], ev1["eval_wer"], ev1["eval_cer"])
 
 
 def test_nan_loss_on_one_rank_skips_the_update_on_both(cv_shards, tmp_path):
@@ -193,7 +201,7 @@ def test_attention_mask_rule_follows_the_feature_norm(cv_shards):
         model.wav2vec2.register_forward_pre_hook(lambda m, a, kw, seen=seen: seen.append(kw.get("attention_mask")),
                                                  with_kwargs=True)
         loader = SpeechLoader(shards, LoaderConfig(max_batch_seconds=20, return_attention_mask=mask_expected),
-                              labeler=vocab.encode)
+                              vocab=vocab)
         accelerator = Accelerator(cpu=True)
         for batch in loader:
             train.ctc_loss_sum(CTCModel(model), batch, vocab.pad_id, accelerator, True)
@@ -314,7 +322,7 @@ def hub_ctc_folder(tmp_path_factory) -> Path:
 def test_evaluate_reads_a_hub_checkpoint(cv_shards, hub_ctc_folder, tmp_path):
     shards, _ = cv_shards
     errors = tmp_path / "errors.jsonl"
-    run_tool("evaluate.py", "--model", hub_ctc_folder, "--shards", shards, "--errors", errors, check=True)
+    run_command("w2v-evaluate", "--model", hub_ctc_folder, "--shards", shards, "--errors", errors, check=True)
     refs = [json.loads(line)["ref"] for line in errors.read_text().splitlines()]
     assert len(refs) == 6 and all(r == r.upper() and r for r in refs)  # normalised to the vocabulary's case
 
@@ -401,7 +409,7 @@ def test_a_damaged_shard_in_a_two_rank_run_neither_hangs_nor_stops_it(cv_shards,
 def test_the_best_model_is_kept_and_checkpoints_are_models(cv_shards, tmp_path):
     """Evaluations at updates 2, 4 and 6: best/ holds the model of the lowest eval_loss, final/ is it
     with load_best_model_at_end, and a checkpoint is a model that w2v-evaluate reads."""
-    from w2v.model import load_for_inference
+    from w2v.run_folder import load_for_inference
 
     shards, expected = cv_shards
     out = tmp_path / "run"
@@ -426,7 +434,7 @@ def test_the_best_model_is_kept_and_checkpoints_are_models(cv_shards, tmp_path):
     for name, value in checkpoint.state_dict().items():
         assert torch.equal(value, kept[name]) and torch.equal(value, final[name]), name
     report = tmp_path / "eval.json"
-    proc = run_tool("evaluate.py", "--model", out / "checkpoints" / "step-6", "--shards", shards, "--json", report)
+    proc = run_command("w2v-evaluate", "--model", out / "checkpoints" / "step-6", "--shards", shards, "--json", report)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(report.read_text())["utterances"] == len(expected.written)
     refused = train_directly(tmp_path / "no-eval", shards, "--max_steps", "1", "--load_best_model_at_end", "true")

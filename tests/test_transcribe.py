@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.conftest import ROOT, run_tool
+from tests.conftest import ROOT, run_command
 from w2v.metrics import ErrorCounts
 from w2v.transcribe import Source, load_audio
 
@@ -43,7 +43,7 @@ def asr_pipeline(model_dir):
 def test_a_mixed_folder_equals_pipeline_and_lists_the_broken_file(memorised, mixed_folder, tmp_path):
     model = memorised / "final"
     out = tmp_path / "out.jsonl"
-    proc = run_tool("transcribe.py", model, mixed_folder, "--out", out, "--chunk-seconds", "8", "--words")
+    proc = run_command("w2v-transcribe", model, mixed_folder, "--out", out, "--chunk-seconds", "8", "--words")
     assert proc.returncode == 1, proc.stderr[-3000:]  # one input could not be read
     rows = {r["path"].removeprefix(str(mixed_folder) + "/"): r for r in map(json.loads, out.read_text().splitlines())}
     assert sorted(rows) == ["a_8k.wav", "b_22k_stereo.flac", "broken.wav", "d.mp3", "long.wav", "sub/c_44k.wav"]
@@ -69,7 +69,7 @@ def test_a_mixed_folder_equals_pipeline_and_lists_the_broken_file(memorised, mix
 def test_subtitles_and_usage_errors(memorised, mixed_folder, tmp_path):
     model = memorised / "final"
     srt = tmp_path / "long.srt"
-    proc = run_tool("transcribe.py", model, mixed_folder / "long.wav", "--out", srt, "--chunk-seconds", "8")
+    proc = run_command("w2v-transcribe", model, mixed_folder / "long.wav", "--out", srt, "--chunk-seconds", "8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     cues = srt.read_text().strip().split("\n\n")
     assert len(cues) > 5 and cues[0].splitlines()[0] == "1" and " --> " in cues[0].splitlines()[1]
@@ -81,7 +81,7 @@ def test_subtitles_and_usage_errors(memorised, mixed_folder, tmp_path):
     assert all(a < b for a, b in spans) and all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
     assert spans[-1][1] <= sf.info(str(mixed_folder / "long.wav")).duration + 0.02
     vtt = tmp_path / "vtt"
-    proc = run_tool("transcribe.py", model, mixed_folder / "a_8k.wav", mixed_folder / "d.mp3", "--format", "vtt",
+    proc = run_command("w2v-transcribe", model, mixed_folder / "a_8k.wav", mixed_folder / "d.mp3", "--format", "vtt",
                     "--out", vtt)
     assert proc.returncode == 0 and sorted(p.name for p in vtt.iterdir()) == ["a_8k.vtt", "d.vtt"]
     assert (vtt / "d.vtt").read_text().startswith("WEBVTT\n")
@@ -90,7 +90,7 @@ def test_subtitles_and_usage_errors(memorised, mixed_folder, tmp_path):
     manifest = mixed_folder / "clips.csv"
     manifest.write_text("wav,speaker\na_8k.wav,s1\nd.mp3,s2\n,s3\n")
     out = tmp_path / "manifest.jsonl"
-    proc = run_tool("transcribe.py", model, manifest, "--out", out)
+    proc = run_command("w2v-transcribe", model, manifest, "--out", out)
     manifest.unlink()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert proc.returncode == 1 and [r["path"] for r in rows[:2]] == [str(mixed_folder / n) for n in ("a_8k.wav", "d.mp3")]
@@ -98,7 +98,7 @@ def test_subtitles_and_usage_errors(memorised, mixed_folder, tmp_path):
     for args, words in (((model, tmp_path / "nothere.wav"), "no such file or folder"),
                         ((tmp_path, mixed_folder), "not a model folder"),
                         ((model, mixed_folder, "--format", "srt"), "needs --out")):
-        proc = run_tool("transcribe.py", *args)
+        proc = run_command("w2v-transcribe", *args)
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -108,9 +108,9 @@ def test_export_then_transcribe_decodes_with_the_tuned_lm(memorised, cv_shards, 
     shards, expected = cv_shards
     text = tmp_path / "lm.txt"
     text.write_text("".join(t + "\n" for _, t in expected.written.values()))
-    run_tool("build_lm.py", "--text", text, "--order", "3", "--out", tmp_path / "lm", check=True)
+    run_command("w2v-build-lm", "--text", text, "--order", "3", "--out", tmp_path / "lm", check=True)
     dev, errors = tmp_path / "dev.json", tmp_path / "errors.jsonl"
-    proc = run_tool("evaluate.py", "--model", memorised / "final", "--shards", shards, "--lm", tmp_path / "lm",
+    proc = run_command("w2v-evaluate", "--model", memorised / "final", "--shards", shards, "--lm", tmp_path / "lm",
                     "--tune", "--alphas", "0.3", "0.9", "--betas", "0.5", "2.0", "--workers", "1", "--json", dev,
                     "--errors", errors, check=True)
     tuned = json.loads(dev.read_text())["lm"]
@@ -118,20 +118,20 @@ def test_export_then_transcribe_decodes_with_the_tuned_lm(memorised, cv_shards, 
     assert "WER by alpha (rows) and beta (columns)" in proc.stdout and "a=0.3" in proc.stdout
     assert "on the grid's edge" in proc.stderr
     exported = tmp_path / "exported"
-    proc = run_tool("export.py", memorised / "final", "--lm", tmp_path / "lm", "--tuned", dev, "--out", exported)
+    proc = run_command("w2v-export", memorised / "final", "--lm", tmp_path / "lm", "--tuned", dev, "--out", exported)
     assert proc.returncode == 0, proc.stderr[-3000:]
     attrs = json.loads((exported / "language_model" / "attrs.json").read_text())
     assert (attrs["alpha"], attrs["beta"]) == (tuned["alpha"], tuned["beta"])
     assert asr_pipeline(exported).type == "ctc_with_lm"
     out = tmp_path / "out.jsonl"
-    proc = run_tool("transcribe.py", exported, shards, "--out", out, "--workers", "1")
+    proc = run_command("w2v-transcribe", exported, shards, "--out", out, "--workers", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ours = {r["path"].rsplit("/", 1)[1]: r["text"] for r in map(json.loads, out.read_text().splitlines())}
     theirs = {r["key"]: r["hyp"] for r in map(json.loads, errors.read_text().splitlines())}
     assert ours == theirs and len(ours) == len(expected.written)
-    again = run_tool("export.py", memorised / "final", "--lm", tmp_path / "lm", "--tuned", dev, "--out", exported)
+    again = run_command("w2v-export", memorised / "final", "--lm", tmp_path / "lm", "--tuned", dev, "--out", exported)
     assert again.returncode == 2 and "--overwrite" in again.stderr
-    typo = run_tool("export.py", memorised / "final", "--lm", tmp_path / "lm3", "--alpha", "1", "--beta", "1",
+    typo = run_command("w2v-export", memorised / "final", "--lm", tmp_path / "lm3", "--alpha", "1", "--beta", "1",
                     "--out", tmp_path / "x")
     assert typo.returncode == 2 and "no such LM file or folder" in typo.stderr and not (tmp_path / "x").exists()
 

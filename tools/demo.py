@@ -4,9 +4,9 @@
     python tools/demo.py --out runs/demo            # what `make demo` runs (FRESH=1 redoes every stage)
     python tools/demo.py --out /tmp/d --small       # a cut-down run (dozens of utterances, a few steps)
 
-Stages: corpus (espeak-ng, tools/make_demo_corpus.py) → shards (tools/make_shards.py) → train
-(`accelerate launch train.py --config configs/demo.yaml`) → lm (tools/build_lm.py) → tune alpha/beta
-on dev and evaluate on test (tools/evaluate.py) → report (OUT/report.md, OUT/report.json, OUT/curves.png).
+Stages: corpus (espeak-ng, tools/make_demo_corpus.py) → shards (w2v-make-shards) → train
+(`accelerate launch train.py --config configs/demo.yaml`) → lm (w2v-build-lm) → tune alpha/beta
+on dev and evaluate on test (w2v-evaluate) → report (OUT/report.md, OUT/report.json, OUT/curves.png).
 A stage already done is reused unless FRESH=1 (or --fresh); each records its minutes.
 """
 
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
 
     def make_all_shards() -> None:
         for split in ("train", "dev", "test"):
-            run([PY, "tools/make_shards.py", str(corpus), "--split", split, "--out", str(shards / split),
+            run([PY, "-m", "w2v.cli.make_shards", str(corpus), "--split", split, "--out", str(shards / split),
                  "--overwrite"])
     stage("shards", make_all_shards)
 
@@ -88,16 +88,16 @@ def main(argv=None) -> int:
                                 "--eval_shards", str(shards / "dev"), "--output_dir", str(model_dir),
                                 "--overwrite_output_dir",
                                 *small_train, *args.train_args.split()]))
-    stage("lm", lambda: run([PY, "tools/build_lm.py", "--text", str(corpus / "lm.txt"), "--order", "4",
+    stage("lm", lambda: run([PY, "-m", "w2v.cli.build_lm", "--text", str(corpus / "lm.txt"), "--order", "4",
                              "--out", str(lm), "--config", args.config, "--overwrite"]))
     final = model_dir / "final"
     grid = ["--alphas", "0.3", "0.6", "--betas", "0.0", "1.0"] if args.small else []
-    stage("tune", lambda: run([PY, "tools/evaluate.py", "--model", str(final), "--shards", str(shards / "dev"),
+    stage("tune", lambda: run([PY, "-m", "w2v.cli.evaluate", "--model", str(final), "--shards", str(shards / "dev"),
                                "--lm", str(lm), "--tune", *grid, "--json", str(out / "eval_dev.json")]))
 
     def evaluate_test() -> None:
         tuned = json.loads((out / "eval_dev.json").read_text())["lm"]
-        run([PY, "tools/evaluate.py", "--model", str(final), "--shards", str(shards / "test"), "--lm", str(lm),
+        run([PY, "-m", "w2v.cli.evaluate", "--model", str(final), "--shards", str(shards / "test"), "--lm", str(lm),
              "--alpha", str(tuned["alpha"]), "--beta", str(tuned["beta"]), "--json", str(out / "eval_test.json"),
              "--errors", str(out / "test_errors.jsonl")])
     stage("test", evaluate_test)

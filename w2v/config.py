@@ -40,7 +40,8 @@ class TrainConfig:
     num_buckets: int = 30
     shuffle_buffer: int = 1000
     dataloader_num_workers: int = 2
-    eval_max_batch_seconds: float | None = None
+    eval_max_batch_seconds: float | None = field(default=None, metadata={
+        "help": "padded audio seconds per evaluation batch (default: w2v-evaluate's, 200)"})
     # --- text -----------------------------------------------------------------------------------
     lower_case: bool = True
     chars_to_ignore: str | None = field(default=None, metadata={

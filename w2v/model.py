@@ -123,42 +123,6 @@ def _weight_names(folder: Path) -> list[str]:
     return names
 
 
-CHECKPOINT_MODEL_FILES = "model"  # in checkpoints/step-N: the model's config, processor and normaliser
-
-
-def model_folder_kind(folder: str | Path) -> str:
-    """"model" (a Hugging Face folder) or "checkpoint" (train.py's checkpoints/step-N, with its
-    `model/` files); anything else is a ValueError that says what the folder lacks."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: no such model folder")
-    if (folder / "trainer_state.json").is_file():
-        if not (folder / CHECKPOINT_MODEL_FILES / "config.json").is_file():
-            raise ValueError(f"{folder}: a checkpoint without its {CHECKPOINT_MODEL_FILES}/ files (saved by an "
-                             "older train.py): evaluate OUTPUT_DIR/final instead")
-        return "checkpoint"
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder}: not a model folder (no config.json) nor a train.py checkpoint")
-    return "model"
-
-
-def load_for_inference(folder: str | Path) -> tuple[Wav2Vec2ForCTC, Path]:
-    """A Wav2Vec2ForCTC in eval mode from a model folder, or from a train.py checkpoint
-    (checkpoints/step-N: its weights, and the config, vocabulary and normaliser in its `model/`);
-    and the folder that holds the vocabulary and normaliser. A missing folder is a ValueError."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if model_folder_kind(folder) == "checkpoint":
-        files = folder / CHECKPOINT_MODEL_FILES
-        model = Wav2Vec2ForCTC(Wav2Vec2Config.from_pretrained(files))
-        # the training wrapper (CTCModel) holds the Hugging Face model as `model`
-        state = {k.removeprefix("model."): v for k, v in load_file(folder / "model.safetensors").items()}
-        model.load_state_dict(state)
-        return model.eval(), files
-    return Wav2Vec2ForCTC.from_pretrained(folder).eval(), folder
-
-
 class CTCModel(nn.Module):
     """`Wav2Vec2ForCTC` returning logits, with the encoder optionally frozen for this forward."""
 

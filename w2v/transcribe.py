@@ -32,10 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from w2v.data.audio import TARGET_SR, AudioError, read_audio, resample, to_mono
-from w2v.data.corpus import CorpusError, open_manifest
 from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad
 from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
+from w2v.model import CTCModel
+from w2v.scoring import log_probs
+from w2v.shards.audio import TARGET_SR, AudioError, read_audio, resample, to_mono
+from w2v.shards.corpus import CorpusError, open_manifest
 from w2v.text import WORD_DELIMITER, TextNormalizer, Vocabulary
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".wma", ".aiff",
@@ -196,6 +198,7 @@ class Transcriber:
     def __init__(self, model, vocab: Vocabulary, decoder: BeamDecoder | None = None, device: str = "cpu",
                  chunk_seconds: float = 30.0, stride_seconds: float | None = None, batch_seconds: float = 160.0):
         self.model = model.eval().to(device)
+        self.acoustic = CTCModel(self.model)  # the forward that scoring uses: logits → fp32 log-probs
         self.vocab, self.decoder, self.device = vocab, decoder, device
         self.ratio = int(np.prod(model.config.conv_stride))  # samples per output frame
         align = self.ratio  # chunk and stride lengths in whole frames, as pipeline() rounds them
@@ -217,8 +220,8 @@ class Transcriber:
         exported LM (`language_model/`, its alpha and beta in attrs.json); `lm="none"`: greedy."""
         import transformers
 
-        from w2v.model import load_for_inference
         from w2v.progress import on_terminal
+        from w2v.run_folder import load_for_inference
 
         if not on_terminal():  # its "Loading weights" bar is not for log files
             transformers.utils.logging.disable_progress_bar()
@@ -283,7 +286,7 @@ class Transcriber:
                 values = torch.from_numpy(normalize_and_pad([c.wave for c in batch])).to(self.device)
                 mask = (torch.from_numpy(attention_mask_from_lengths(sizes, values.shape[1])).to(self.device)
                         if self.mask else None)
-                out = torch.log_softmax(self.model(values, attention_mask=mask).logits.float(), dim=-1).cpu().numpy()
+                out = log_probs(self.acoustic, values, mask).cpu().numpy()
                 for chunk, size, rows in zip(batch, sizes, out, strict=True):
                     frames = int(self.model._get_feat_extract_output_lengths(torch.tensor(size)))
                     # pipeline()'s rescale_stride: the strides in frames, rounded from samples

@@ -16,14 +16,14 @@ from pathlib import Path
 from w2v.config import read_yaml
 from w2v.lm.arpa import ArpaError
 from w2v.lm.build import build_lm, read_text_lines
+from w2v.shards.spec import select_shards
 from w2v.text import TextNormalizer
 
 
-def shard_texts(spec: str, index: str | None):
-    from w2v.data.index import resolve_shards
-
-    for shard in resolve_shards(spec, index):
-        yield from shard.texts
+def shard_texts(shards):
+    """The transcripts of the selected shards, one shard at a time (from their memory-mapped columns)."""
+    for shard in shards:
+        yield from shard.columns.texts.slice(shard.start, shard.start + shard.size)
 
 
 def main(argv=None) -> int:
@@ -46,8 +46,8 @@ def main(argv=None) -> int:
     if args.text and not Path(args.text).is_file():
         print(f"error: {args.text}: no such file", file=sys.stderr)
         return 2
-    texts = read_text_lines(Path(args.text)) if args.text else shard_texts(args.shards, args.index)
     try:
+        texts = read_text_lines(Path(args.text)) if args.text else shard_texts(select_shards(args.shards, args.index))
         normalizer = TextNormalizer.from_config(read_yaml(args.config) if args.config else {})
         result = build_lm(texts, Path(args.out), args.order, normalizer, args.prune,
                           args.binary, args.memory, args.overwrite)
@@ -64,3 +64,6 @@ def main(argv=None) -> int:
     print(f"unigrams: {result.unigrams}")
     return 0
 
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,14 +18,21 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from transformers import Wav2Vec2ForCTC
 
-from w2v.data.loader import LoaderConfig, SpeechLoader
 from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
 from w2v.metrics import ErrorCounts
-from w2v.model import load_for_inference, wants_attention_mask
+from w2v.model import CTCModel, wants_attention_mask
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
+from w2v.run_folder import load_for_inference
+from w2v.scoring import (
+    EVAL_BATCH_SECONDS,
+    acoustic_pass,
+    evaluation_loader,
+    per_utterance_log_probs,
+    unknown_characters,
+)
+from w2v.shards.spec import select_shards
 from w2v.text import TextNormalizer, Vocabulary
 
 
@@ -42,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tune", action="store_true", help="grid-search alpha and beta on these shards")
     p.add_argument("--alphas", type=float, nargs="+", default=[0.2, 0.4, 0.6, 0.8, 1.0])
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
-    p.add_argument("--max-batch-seconds", type=float, default=100.0)
+    p.add_argument("--max-batch-seconds", type=float, default=EVAL_BATCH_SECONDS,
+                   help="padded audio per forward pass (training's evaluation uses the same default)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--errors", default=None, help="per-utterance errors (JSONL)")
@@ -52,27 +60,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def acoustic_outputs(model: Wav2Vec2ForCTC, shards: str, index: str | None, max_batch_seconds: float,
+def acoustic_outputs(model: Wav2Vec2ForCTC, shards, max_batch_seconds: float,
                      log_interval: float = LOG_INTERVAL_SECONDS):
     """Log-probabilities per utterance ([T_i, V] float32), keys, texts, audio seconds, model seconds,
-    and the loader: every utterance of the index is scored (LoaderConfig.evaluation, the rule
-    train.py's evaluation follows too), except what damaged data makes unreadable (its drops)."""
-    loader = SpeechLoader(shards, LoaderConfig.evaluation(max_batch_seconds, wants_attention_mask(model.config)),
-                          index=index)
+    and the loader: every utterance of the index is scored (w2v.scoring's rule, as in training's
+    evaluation), except what damaged data makes unreadable (its drops)."""
+    loader = evaluation_loader(shards, max_batch_seconds, wants_attention_mask(model.config))
     outputs, keys, texts, audio, compute = [], [], [], 0.0, 0.0
-    with torch.inference_mode():
-        for batch in Progress(loader, desc="acoustic model", unit="batch", interval=log_interval):
-            if batch["empty"]:
-                continue
-            start = time.perf_counter()
-            logits = model(batch["input_values"], attention_mask=batch.get("attention_mask")).logits
-            log_probs = torch.log_softmax(logits.float(), dim=-1).numpy()
-            frames = model._get_feat_extract_output_lengths(batch["input_lengths"]).tolist()
-            compute += time.perf_counter() - start
-            outputs += [lp[:n] for lp, n in zip(log_probs, frames, strict=True)]
-            keys += batch["keys"]
-            texts += batch["texts"]
-            audio += batch["audio_seconds"]
+    batches = Progress(loader, desc="acoustic model", unit="batch", interval=log_interval)
+    for scored in acoustic_pass(CTCModel(model), batches):
+        compute += scored.seconds
+        outputs += per_utterance_log_probs(scored)
+        keys += scored.batch["keys"]
+        texts += scored.batch["texts"]
+        audio += scored.batch["audio_seconds"]
     return outputs, keys, texts, audio, compute, loader
 
 
@@ -83,6 +84,11 @@ def score(refs: list[str], hyps: list[str]) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    try:  # every path is checked before the model loads
+        shards = select_shards(args.shards, args.index)
+    except ValueError as exc:
+        print(f"error: --shards {args.shards}: {exc}", file=sys.stderr)
+        return 2
     try:  # a model folder, or a train.py checkpoint (checkpoints/step-N)
         model, model_dir = load_for_inference(args.model)
     except ValueError as exc:
@@ -95,13 +101,12 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: --lm {args.lm}: {exc}", file=sys.stderr)
         return 2
-    log_probs, keys, texts, audio, compute, loader = acoustic_outputs(model, args.shards, args.index,
-                                                                      args.max_batch_seconds, args.log_interval_seconds)
+    log_probs, keys, texts, audio, compute, loader = acoustic_outputs(model, shards, args.max_batch_seconds,
+                                                                      args.log_interval_seconds)
     refs = [vocab.normalizer(t) for t in texts]
-    unknown = vocab.unknown_chars(texts)
-    if unknown:  # the model cannot emit these: each one is an error
-        listed = ", ".join(f"{ch!r}×{n}" for ch, n in unknown.most_common(20))
-        print(f"characters of the references outside the model's vocabulary: {listed}")
+    unknown = unknown_characters(vocab, texts, "references", "the model cannot emit them: each is an error")
+    if unknown:
+        print(unknown)
     inverse = vocab.decoding_table()
     start = time.perf_counter()
     greedy = [greedy_decode(lp, inverse, vocab.pad_id)[0] for lp in log_probs]
@@ -198,3 +203,6 @@ def print_report(result: dict, tuned: bool) -> None:
     rtf = ", ".join(f"{k} {v:.4f}" for k, v in result["real_time_factor"].items())
     print(f"real-time factor: {rtf}")
 
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -45,3 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"{result.message} ({result.bytes_written} bytes in {result.seconds:.2f} s)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 
 from w2v.data.decode import decode_member
-from w2v.data.index import SAMPLE_RATE, read_index
-from w2v.data.tar import iter_tar_samples
+from w2v.shards.index import SAMPLE_RATE, read_index
+from w2v.shards.tar import iter_tar_samples
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -139,3 +139,6 @@ def main(argv=None) -> int:
     print(f"report: {out / 'index.html'}")
     return 0
 
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,11 +11,11 @@ import argparse
 import os
 import sys
 
-from w2v.data.audio import CODECS, RESAMPLERS
-from w2v.data.corpus import FORMATS, CorpusError, open_corpus
-from w2v.data.parts import Part, PartsError, part_from_environment
-from w2v.data.sharding import ShardOptions, make_shards, utterance_seconds
 from w2v.progress import LOG_INTERVAL_SECONDS
+from w2v.shards.audio import CODECS, RESAMPLERS
+from w2v.shards.corpus import FORMATS, CorpusError, open_corpus
+from w2v.shards.parts import Part, PartsError, part_from_environment
+from w2v.shards.sharding import ShardOptions, make_shards, utterance_seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,3 +99,6 @@ def print_plan(corpus, num_parts: int) -> None:
         print(f"  part {part.index}: inputs {start}..{(end if end is not None else inputs) - 1}, "
               f"{(end if end is not None else inputs) - start} inputs, {total / 3600:.2f} h")
 
+
+if __name__ == "__main__":
+    sys.exit(main())

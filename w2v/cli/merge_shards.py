@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from w2v.data.parts import PartsError, merge_parts
+from w2v.shards.parts import PartsError, merge_parts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,3 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.text())
     print(f"wrote {Path(args.dir) / 'index.json'} and {Path(args.dir) / 'skipped.jsonl'}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from w2v.model import model_folder_kind
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
+from w2v.run_folder import model_folder_kind
 from w2v.transcribe import InputError, Result, Transcriber, find_inputs
 
 FORMATS = ("jsonl", "txt", "srt", "vtt")

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from w2v.data.flac import UnsupportedFlac, decode_flac
-from w2v.data.index import SAMPLE_RATE
+from w2v.shards.index import SAMPLE_RATE
 
 FLAC_DECODERS = ("w2v", "soundfile")
 

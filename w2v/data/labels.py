@@ -2,7 +2,7 @@
 
 Planning needs, per sample, whether CTC can fit its labels (labels plus repeats against the frames
 the conv stack makes) and a batch needs the ids of its members. Both come from caches under the
-index's `columns/` (w2v.data.columns): the texts normalised once per `TextNormalizer` (the only
+index's `columns/` (w2v.shards.columns): the texts normalised once per `TextNormalizer` (the only
 per-text Python work, done once), then per vocabulary the ids of every character, mapped with one
 table lookup over the whole corpus in numpy, and the minimum frames per sample.
 """
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from w2v.data.columns import ShardColumns, Strings, cached, map_array, select_shards
+from w2v.shards.columns import ShardColumns, Strings, cached, map_array
+from w2v.shards.spec import SelectedShard
 from w2v.text import TextNormalizer, Vocabulary
 
 _CHUNK_TEXTS = 200_000  # texts per task of a cache build: bounds its buffers (tens of MB)
@@ -133,15 +134,15 @@ def char_counts(columns: ShardColumns, normalizer: TextNormalizer, positions: It
     return counts
 
 
-def vocabulary_from_shards(spec, normalizer: TextNormalizer | None = None, index: str | None = None) -> Vocabulary:
+def vocabulary_from_shards(shards: list[SelectedShard], normalizer: TextNormalizer | None = None) -> Vocabulary:
     """Our vocabulary (`[PAD]`, `[UNK]`, `|`, then the characters, sorted) of the normalised
-    transcripts of a shard spec: each shard's character counts, counted once when its columns
-    normalised the texts, so a corpus of millions costs no pass over its texts after the first.
-    A bad spec is a ValueError that says what is missing."""
+    transcripts of these shards (`w2v.shards.spec.select_shards`): each shard's character counts,
+    counted once when its columns normalised the texts, so a corpus of millions costs no pass over
+    its texts after the first."""
     normalizer = normalizer or TextNormalizer()
     counts: Counter = Counter()
     by_columns: dict[int, tuple[ShardColumns, list[int]]] = {}  # id(columns) → its selected shards
-    for shard in select_shards(spec, index):
+    for shard in shards:
         by_columns.setdefault(id(shard.columns), (shard.columns, []))[1].append(shard.position)
     for columns, positions in by_columns.values():
         counts.update(char_counts(columns, normalizer, positions))

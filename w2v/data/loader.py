@@ -2,7 +2,7 @@
 
 1. **Plan from metadata** (`w2v.data.plan`): which worker reads which samples and how they are
    batched, the same on every rank and every rerun.
-2. **Stream audio.** Each worker reads its shards sequentially (`w2v.data.tar`: local files, or any
+2. **Stream audio.** Each worker reads its shards sequentially (`w2v.shards.tar`: local files, or any
    URL WebDataset's `gopen` opens), decodes only the members its plan needs from bytes in memory
    (`w2v.data.decode`), and releases each planned batch as soon as its last member is decoded.
    Memory is bounded by the shuffle buffer plus the bucketer's buffer.
@@ -30,12 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from w2v.data.audio import encode
 from w2v.data.bucketing import bucket_edges
-from w2v.data.columns import select_shards
 from w2v.data.decode import decode_member
 from w2v.data.flac import decode_flac
-from w2v.data.index import SAMPLE_RATE
 from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad, pad_labels
 from w2v.data.plan import (
     LoaderConfig,
@@ -46,8 +43,12 @@ from w2v.data.plan import (
     plan_epoch,
     remaining_samples,
 )
-from w2v.data.tar import tar_members
 from w2v.preemption import signal_when_parent_dies
+from w2v.shards.audio import encode
+from w2v.shards.index import SAMPLE_RATE
+from w2v.shards.spec import SelectedShard, select_shards
+from w2v.shards.tar import tar_members
+from w2v.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +180,10 @@ class _EpochStream(torch.utils.data.IterableDataset):
         yield from _Batcher(ld.table, plan, ld.cfg, worker, ld.consumed[worker])
 
 
+def _is_selection(shards) -> bool:
+    return isinstance(shards, list) and bool(shards) and all(isinstance(s, SelectedShard) for s in shards)
+
+
 class SpeechLoader:
     """Batches for one rank: `for batch in loader` per epoch; `set_epoch`, `len`, state for resume.
 
@@ -187,19 +192,24 @@ class SpeechLoader:
     group-norm wav2vec2-base must not get one), `labels` int64 [B, L] padded with -100, `keys`,
     `texts`, `audio_seconds`, `padded_seconds`, `empty` (a zero-weight stand-in that keeps ranks in
     step), and `stats` (the worker's running counters: drops by reason, corrupt members).
+
+    `shards`: a selection (`w2v.shards.spec.select_shards`, what a run resolves once) or a spec.
+    Labels: `vocab` reads them from the columns' label cache; `labeler` (text → ids) is called on
+    every text; with neither, batches have no labels (evaluation scores from the texts).
     """
 
-    def __init__(self, shards: str | Path | Sequence[str], cfg: LoaderConfig | None = None, *,
-                 labeler: Callable[[str], Sequence[int]] | None = None, rank: int = 0, world_size: int = 1,
-                 conv_kernel: Sequence[int] | None = None, conv_stride: Sequence[int] | None = None,
-                 index: str | None = None):
+    def __init__(self, shards: list[SelectedShard] | str | Path | Sequence[str], cfg: LoaderConfig | None = None, *,
+                 vocab: Vocabulary | None = None, labeler: Callable[[str], Sequence[int]] | None = None,
+                 rank: int = 0, world_size: int = 1, conv_kernel: Sequence[int] | None = None,
+                 conv_stride: Sequence[int] | None = None, index: str | None = None):
         self.cfg = cfg or LoaderConfig()
         self.rank, self.world = rank, world_size
         self.workers = max(1, self.cfg.num_workers)
-        self.table = SampleTable.build(select_shards(shards, index), labeler, self.cfg, conv_kernel, conv_stride)
+        selected = shards if _is_selection(shards) else select_shards(shards, index)
+        self.table = SampleTable.build(selected, self.cfg, vocab, labeler, conv_kernel, conv_stride)
         kept = self.table.durations[self.table.kept()]
         if len(kept) == 0:
-            raise ValueError(f"no sample of {shards!r} passes the filters: {self.drops_at_plan()}")
+            raise ValueError(f"no sample of its {len(selected)} shard(s) passes the filters: {self.drops_at_plan()}")
         self.edges = bucket_edges(kept, self.cfg.num_buckets)
         self.epoch = 0
         self.consumed = [0] * self.workers

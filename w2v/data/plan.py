@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from w2v.data.bucketing import plan_batches, shuffle_order
-from w2v.data.columns import SelectedShard, ShardColumns
 from w2v.data.decode import FLAC_DECODERS
 from w2v.data.equalize import equalize_batch_count
-from w2v.data.index import SAMPLE_RATE
 from w2v.data.labels import labels
+from w2v.shards.columns import ShardColumns
+from w2v.shards.index import SAMPLE_RATE
+from w2v.shards.spec import SelectedShard
 from w2v.text import Vocabulary
 
 
@@ -83,11 +84,14 @@ class SampleTable:
         self._label_stores: dict | None = None  # id(columns) → Labels, when labels come from the cache
 
     @classmethod
-    def build(cls, shards: list[SelectedShard], labeler: Callable[[str], Sequence[int]] | None, cfg: LoaderConfig,
-              conv_kernel: Sequence[int] | None, conv_stride: Sequence[int] | None) -> SampleTable:
-        """`labeler`: text → label ids, or None (no labels: no label filters). `Vocabulary.encode`
-        itself reads the labels from the columns' cache (built once per vocabulary); any other
-        function is called once per text."""
+    def build(cls, shards: list[SelectedShard], cfg: LoaderConfig, vocab: Vocabulary | None = None,
+              labeler: Callable[[str], Sequence[int]] | None = None, conv_kernel: Sequence[int] | None = None,
+              conv_stride: Sequence[int] | None = None) -> SampleTable:
+        """Labels from `vocab` are read from the columns' label cache (built once per vocabulary);
+        from `labeler` (text → label ids), it is called once per text; with neither, there are no
+        labels and no label filters."""
+        if vocab is not None and labeler is not None:
+            raise ValueError("give the labels by vocab (cached) or by labeler (per text), not both")
         durations = per_sample(shards, lambda columns: columns.durations, np.float64)
         reason = np.zeros(len(durations), dtype=np.int8)  # the first filter that drops a sample names it
         if cfg.min_duration:
@@ -97,31 +101,35 @@ class SampleTable:
             cap = min(cap, cfg.max_batch_seconds)
         reason[(durations > cap) & (reason == KEPT)] = ABOVE_MAX_DURATION
         table = cls(shards, durations, reason, None)
-        if labeler is None:
+        if vocab is not None:
+            need = table._cached_labels(vocab)
+        elif labeler is not None:
+            need = table._computed_labels(labeler)
+        else:
             return table
-        need = table._attach_labels(labeler)
         reason[(need == 0) & (reason == KEPT)] = EMPTY_LABELS
         if conv_kernel is not None:
             frames = output_frames(np.rint(durations * SAMPLE_RATE), conv_kernel, conv_stride)
             reason[(need > frames) & (reason == KEPT)] = CTC_INFEASIBLE
         return table
 
-    def _attach_labels(self, labeler: Callable[[str], Sequence[int]]) -> np.ndarray:
-        """Set the label source; returns CTC's minimum frames per sample."""
-        vocab = getattr(labeler, "__self__", None)
-        if isinstance(vocab, Vocabulary) and getattr(labeler, "__func__", None) is Vocabulary.encode:
-            stores = {}  # id(columns) → its labels, cached per vocabulary
-            for shard in self.shards:
-                if id(shard.columns) not in stores:
-                    stores[id(shard.columns)] = labels(shard.columns, vocab)
+    def _cached_labels(self, vocab: Vocabulary) -> np.ndarray:
+        """Labels from the columns' cache for this vocabulary; CTC's minimum frames per sample."""
+        stores = {}  # id(columns) → its labels, cached per vocabulary
+        for shard in self.shards:
+            if id(shard.columns) not in stores:
+                stores[id(shard.columns)] = labels(shard.columns, vocab)
 
-            def label_ids(i: int) -> np.ndarray:
-                shard = self.shards[self.shard_of[i]]
-                return stores[id(shard.columns)][shard.start + int(self.local[i])]
+        def label_ids(i: int) -> np.ndarray:
+            shard = self.shards[self.shard_of[i]]
+            return stores[id(shard.columns)][shard.start + int(self.local[i])]
 
-            self._label_ids = label_ids
-            self._label_stores = stores
-            return per_sample(self.shards, lambda columns: stores[id(columns)].need, np.int32)
+        self._label_ids = label_ids
+        self._label_stores = stores
+        return per_sample(self.shards, lambda columns: stores[id(columns)].need, np.int32)
+
+    def _computed_labels(self, labeler: Callable[[str], Sequence[int]]) -> np.ndarray:
+        """Labels from calling `labeler` on every text; CTC's minimum frames per sample."""
         computed = [np.asarray(labeler(self.text(i)), dtype=np.int64) for i in range(len(self))]
         self._label_ids = computed.__getitem__
         return np.array([ctc_min_frames(lab) for lab in computed], dtype=np.int64)
@@ -256,7 +264,7 @@ class LoaderConfig:
     # "w2v": mono 16-bit FLAC through w2v.data.flac (faster); "soundfile": always libsndfile
     flac_decoder: str = "w2v"
     # A remote shard read that fails is resumed where it stopped, this many attempts in all, waiting
-    # backoff × 2^k seconds before the k-th retry (w2v.data.remote); local files are not affected
+    # backoff × 2^k seconds before the k-th retry (w2v.shards.remote); local files are not affected
     remote_attempts: int = 5
     remote_backoff_seconds: float = 1.0
     # Batches in page-locked memory, for asynchronous copies to a GPU (`.to(device, non_blocking=True)`)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from w2v.atomic import atomic_dir, write_atomic
-from w2v.data.index import is_remote, iter_index_shards
+from w2v.shards.index import is_remote, iter_index_shards
 
 COLUMNS_DIR = "columns"
 COLUMNS_FORMAT = "w2v-columns/1"
@@ -195,63 +195,3 @@ def cached(folder: Path, build) -> Path:
                     build(tmp)
                     write_atomic(tmp / "done", b"")
     return folder
-
-
-class SelectedShard:
-    """One shard of a spec: where to read it, and its rows in its index's columns."""
-
-    __slots__ = ("url", "columns", "position")
-
-    def __init__(self, url: str, columns: ShardColumns, position: int):
-        self.url, self.columns, self.position = url, columns, position
-
-    @property
-    def start(self) -> int:
-        return int(self.columns.starts[self.position])
-
-    @property
-    def size(self) -> int:
-        return int(self.columns.starts[self.position + 1]) - self.start
-
-    @property
-    def bytes(self) -> int | None:
-        return self.columns.bytes[self.position]
-
-
-def select_shards(spec, index: str | None = None) -> list[SelectedShard]:
-    """A shard spec (see w2v.data.index) as shards with their columns; clear errors for an empty
-    or unindexed spec. A folder lists its shards from its columns, without parsing index.json."""
-    from w2v.data.index import INDEX_NAME, default_index, expand_spec, shard_name
-
-    if isinstance(spec, str | Path) and not is_remote(str(spec)) and os.path.isdir(spec):
-        columns = open_columns(index or str(Path(spec) / INDEX_NAME))
-        selected = [SelectedShard(str(Path(spec) / name), columns, k) for k, name in enumerate(columns.names)]
-        missing = next((s.url for s in selected if not os.path.isfile(s.url)), None)
-        if missing:
-            raise ValueError(f"{missing}: shard file not found")
-        return selected
-    urls = expand_spec(spec)
-    if not urls:
-        raise ValueError(f"shard spec {spec!r} matches no shards")
-    stores: dict[str, tuple[ShardColumns, dict[str, int]]] = {}
-    selected = []
-    for url in urls:
-        if not is_remote(url) and not os.path.exists(url):
-            raise ValueError(f"{url}: no such file or folder")
-        location = index or default_index(url)
-        if location is None:
-            raise ValueError(f"{url}: pass the index.json location for pipe: shards (index=...)")
-        if location not in stores:
-            if not is_remote(location) and not os.path.isfile(location):
-                raise ValueError(f"no {INDEX_NAME} for {url} at {location}: shards need their index "
-                                 "(made by w2v-make-shards) or an explicit index=")
-            columns = open_columns(location)
-            stores[location] = (columns, {name: k for k, name in enumerate(columns.names)})
-        columns, positions = stores[location]
-        position = positions.get(shard_name(url))
-        if position is None:
-            raise ValueError(f"{url}: not listed in {location}")
-        if not is_remote(url) and not os.path.isfile(url):
-            raise ValueError(f"{url}: shard file not found")
-        selected.append(SelectedShard(url, columns, position))
-    return selected

@@ -1,31 +1,23 @@
-"""The shard index, and shard specs resolved into shards with their metadata.
+"""The shard index: the file that lists a folder's shards and every sample's key, duration and text.
 
     DIR/<prefix>-000000.tar   members <key>.flac (or .wav) and <key>.json, grouped by key
     DIR/index.json            every shard with its sample count and each sample's key, duration, text
     DIR/skipped.jsonl         one line per input that was not written, with its reason
 
 The index is columnar per shard (keys, durations, texts lists), so that bucket edges, the vocabulary
-and epoch sizes are known without reading audio. `shards/README.md` documents the format.
-
-A shard spec is a folder (its index lists the shards), a brace pattern, a glob, a comma-separated
-string or a list, or URLs that WebDataset's `gopen` opens (`pipe:…`, `https://…`), which need the
-location of their index.
+and epoch sizes are known without reading audio. `shards/README.md` documents the format; shard
+specs (which shards a run reads) are resolved in `w2v.shards.spec`.
 """
 
 from __future__ import annotations
 
 import codecs
-import glob
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
-
-import numpy as np
-from braceexpand import braceexpand
 
 INDEX_NAME = "index.json"
 SKIPPED_NAME = "skipped.jsonl"
@@ -45,15 +37,6 @@ def open_url(url: str, buffering: int = -1) -> BinaryIO:
 
         return gopen(url, "rb")
     return open(url, "rb", buffering=buffering)  # noqa: SIM115 (the caller closes it)
-
-
-@dataclass
-class ShardMeta:
-    url: str
-    keys: list[str]
-    durations: np.ndarray
-    texts: list[str]
-    bytes: int | None = None  # size recorded by the writer: a shorter read means a truncated shard
 
 
 def read_index(location: str | Path) -> dict:
@@ -144,60 +127,3 @@ def iter_index_shards(location: str, piece: int = 1 << 22) -> Iterator[dict]:
                 stream.pos -= 1
         if header.get("format") != FORMAT_TAG:
             raise ValueError(f"{location}: not a w2v shard index (format {header.get('format')!r})")
-
-
-def expand_spec(spec: str | Path | Sequence[str]) -> list[str]:
-    """A folder, brace pattern, glob, URL, comma-separated string or list → shard URLs."""
-    if isinstance(spec, list | tuple):
-        return [u for s in spec for u in expand_spec(s)]
-    spec = str(spec)
-    if "," in spec and not is_remote(spec) and not os.path.exists(spec):  # a path may hold a comma
-        return [u for s in spec.split(",") if s for u in expand_spec(s)]
-    if os.path.isdir(spec):
-        return [str(Path(spec) / s["name"]) for s in read_index(spec)["shards"]]
-    urls = list(braceexpand(spec))
-    if is_remote(spec):
-        return urls
-    return [m for u in urls for m in (sorted(glob.glob(u)) if glob.has_magic(u) else [u])]
-
-
-def shard_name(url: str) -> str:
-    """The tar file name inside a path, URL or `pipe:` command."""
-    names = re.findall(r"[^/\s'\"]+\.tar\b", url)
-    if not names:
-        raise ValueError(f"cannot find a .tar file name in shard URL {url!r}")
-    return names[-1]
-
-
-def default_index(url: str) -> str | None:
-    """index.json beside a shard; None for a `pipe:` command, whose index must be named."""
-    if url.startswith("pipe:"):
-        return None
-    return url.rsplit("/", 1)[0] + "/" + INDEX_NAME if "/" in url else INDEX_NAME
-
-
-def resolve_shards(spec: str | Path | Sequence[str], index: str | None = None) -> list[ShardMeta]:
-    """Shard URLs with their index metadata; clear errors for an empty or unindexed spec."""
-    urls = expand_spec(spec)
-    if not urls:
-        raise ValueError(f"shard spec {spec!r} matches no shards")
-    indexes: dict[str, dict] = {}
-    metas = []
-    for url in urls:
-        index_path = index or default_index(url)
-        if index_path is None:
-            raise ValueError(f"{url}: pass the index.json location for pipe: shards (index=...)")
-        if index_path not in indexes:
-            try:
-                indexes[index_path] = {s["name"]: s for s in read_index(index_path)["shards"]}
-            except FileNotFoundError:
-                raise ValueError(f"no {INDEX_NAME} for {url} at {index_path}: shards need their index "
-                                 "(made by w2v-make-shards) or an explicit index=") from None
-        entry = indexes[index_path].get(shard_name(url))
-        if entry is None:
-            raise ValueError(f"{url}: not listed in {index_path}")
-        if not is_remote(url) and not os.path.isfile(url):
-            raise ValueError(f"{url}: shard file not found")
-        metas.append(ShardMeta(url, entry["keys"], np.asarray(entry["durations"], dtype=np.float64),
-                               entry["texts"], entry.get("bytes")))
-    return metas

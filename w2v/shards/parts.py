@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from w2v.atomic import TMP_SUFFIX, AtomicFile, replace_path, temporary_dir_beside, write_atomic
-from w2v.data.columns import COLUMNS_DIR, ColumnsWriter, index_identity
-from w2v.data.index import FORMAT_TAG, INDEX_NAME, SAMPLE_RATE, SKIPPED_NAME
+from w2v.shards.columns import COLUMNS_DIR, ColumnsWriter, index_identity
+from w2v.shards.index import FORMAT_TAG, INDEX_NAME, SAMPLE_RATE, SKIPPED_NAME
 
 PLAN_NAME = "parts.json"
 PLAN_FORMAT = "w2v-parts/1"

@@ -21,13 +21,13 @@ import numpy as np
 import soundfile as sf
 
 from w2v.atomic import TMP_SUFFIX, AtomicFile
-from w2v.data import audio
-from w2v.data.columns import COLUMNS_DIR, index_identity, write_columns
-from w2v.data.corpus import Corpus, Utterance
-from w2v.data.index import INDEX_NAME, SKIPPED_NAME
-from w2v.data.parts import PARTS_DIR, PLAN_NAME, Part, clear_part, mark_done, part_files, record_plan
-from w2v.data.writer import ShardWriter, write_index
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
+from w2v.shards import audio
+from w2v.shards.columns import COLUMNS_DIR, index_identity, write_columns
+from w2v.shards.corpus import Corpus, Utterance
+from w2v.shards.index import INDEX_NAME, SKIPPED_NAME
+from w2v.shards.parts import PARTS_DIR, PLAN_NAME, Part, clear_part, mark_done, part_files, record_plan
+from w2v.shards.writer import ShardWriter, write_index
 
 # Anything shorter than this after decoding is a truncated or broken file, not speech: wav2vec2's
 # conv stack needs 400 samples (25 ms) for a single frame, and no transcript fits in 0.1 s.
@@ -224,7 +224,7 @@ def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | Non
                 log_interval: float = LOG_INTERVAL_SECONDS, part: Part | None = None) -> ShardSummary:
     """Shard a corpus into `out`; returns the summary. inputs = written + skipped, always.
 
-    With `part` (K of N, w2v.data.parts) only the K-th contiguous range of the inputs, with shard
+    With `part` (K of N, w2v.shards.parts) only the K-th contiguous range of the inputs, with shard
     names of its own and its index, skipped list and completion marker under `out/parts/`; the
     folder is shared with the other parts, and running a part again replaces that part alone.
     """
@@ -285,7 +285,7 @@ def make_shards(corpus: Corpus, out: Path, opts: ShardOptions, prefix: str | Non
         "source": corpus.describe(),
         "options": options,
     })
-    if part is None:  # the metadata the loader plans from, beside the index (w2v.data.columns)
+    if part is None:  # the metadata the loader plans from, beside the index (w2v.shards.columns)
         write_columns(out / COLUMNS_DIR, (r.to_json() for r in writer.records), index_identity(str(index_path)))
     else:  # last: the part is complete only now (the merge writes the columns of the whole)
         mark_done(out, part, {"part": part.index, "inputs": summary.inputs, "written": written})

@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from w2v.data.index import is_remote
-from w2v.data.remote import ResumingStream
+from w2v.shards.index import is_remote
+from w2v.shards.remote import ResumingStream
 
 
 def read_exact(read: Callable[[int], bytes], size: int) -> bytes:
@@ -44,7 +44,7 @@ def tar_members(url: str | Path, expected_bytes: int | None = None, attempts: in
     rule), the extension the rest.
     """
     url = str(url)
-    # a remote read that fails mid-shard resumes where it stopped (w2v.data.remote); `attempts`,
+    # a remote read that fails mid-shard resumes where it stopped (w2v.shards.remote); `attempts`,
     # `backoff` and `stats` (its retries are counted there) apply to remote URLs only
     source = (ResumingStream(url, expected_bytes, attempts, backoff, stats) if is_remote(url)
               else open(url, "rb", buffering=0))  # noqa: SIM115 (closed by the with)

@@ -2,7 +2,7 @@
 
 Shards are byte-reproducible: members carry a fixed mtime and mode, and keys and order are the
 caller's (deterministic). Every file is written atomically (`w2v.atomic`), so a crash never leaves
-a truncated shard or index under a final name. The format is in `w2v.data.index` and
+a truncated shard or index under a final name. The format is in `w2v.shards.index` and
 `shards/README.md`.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from w2v.atomic import AtomicFile, write_atomic
-from w2v.data.index import FORMAT_TAG, SAMPLE_RATE
+from w2v.shards.index import FORMAT_TAG, SAMPLE_RATE
 
 
 @dataclass
