@@ -431,3 +431,13 @@ def test_manifest_columns_json_lists_empty_inputs_and_m4a(commonvoice, tmp_path)
         assert proc.returncode == 2 and "no rows" in proc.stderr, (manifest, proc.stderr)
     proc = run_command("w2v-make-shards", tmp_path / "m.csv", "--audio-column", "wave", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "no column 'wave'" in proc.stderr and "columns: wav, transcription" in proc.stderr
+
+
+def test_the_shard_package_loads_nothing_of_the_loading_package():
+    """w2v.shards (the format and making shards) stands alone: a tool that only makes or reads
+    shards does not pull in the loader (numba kernels, torch)."""
+    code = ("import pkgutil, importlib, sys, w2v.shards as s\n"
+            "[importlib.import_module(f'w2v.shards.{m.name}') for m in pkgutil.iter_modules(s.__path__)]\n"
+            "print(sorted(n for n in sys.modules if n.startswith('w2v.data') or n == 'torch'))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
