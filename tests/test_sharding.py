@@ -181,7 +181,7 @@ def test_refuses_non_empty_output_unless_overwrite(manifest_dir, tmp_path):
 
 def test_structural_errors_exit_2_before_any_work(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"file_name": "a.wav", "text": "hi"}) + "\n")
+    bad.write_text(json.dumps({"clip": "a.wav", "text": "hi"}) + "\n")
     proc = run_command("w2v-make-shards", bad, "--out", tmp_path / "o1")
     assert proc.returncode == 2 and "no audio column" in proc.stderr
     (tmp_path / "empty").mkdir()
@@ -333,7 +333,7 @@ def test_segment_bounds_that_are_not_numbers_are_bad_segments(tmp_path):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     utts = list(open_corpus(manifest).utterances())
     assert [u.problem for u in utts] == ["bad_segment"] * 4 + [None]
-    assert utts[-1].span is None and utts[-1].meta["duration"] == 3.5
+    assert utts[-1].span is None and utts[-1].meta["source_duration"] == 3.5  # the format keeps "duration" for its own
 
 
 # --- one corpus, many machines: parts and a merge ---------------------------------------------------

@@ -83,8 +83,8 @@ def test_subtitles_and_usage_errors(memorised, mixed_folder, tmp_path):
     vtt = tmp_path / "vtt"
     proc = run_command("w2v-transcribe", model, mixed_folder / "a_8k.wav", mixed_folder / "d.mp3", "--format", "vtt",
                     "--out", vtt)
-    assert proc.returncode == 0 and sorted(p.name for p in vtt.iterdir()) == ["a_8k.vtt", "d.vtt"]
-    assert (vtt / "d.vtt").read_text().startswith("WEBVTT\n")
+    assert proc.returncode == 0 and sorted(p.name for p in vtt.iterdir()) == ["a_8k.wav.vtt", "d.mp3.vtt"]
+    assert (vtt / "d.mp3.vtt").read_text().startswith("WEBVTT\n")
     # a manifest without texts: its audio column found by name (`wav`), paths relative to it, a row
     # without audio listed with its reason
     manifest = mixed_folder / "clips.csv"

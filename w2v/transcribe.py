@@ -4,8 +4,9 @@
     for result in transcriber.transcribe(find_inputs(["talks/"])):
         print(result.path, result.text)
 
-- Inputs (`find_inputs`): audio files, folders (searched recursively), manifests (`.jsonl`, `.json`
-  arrays, `.csv`, `.tsv` with an audio column) and shard folders (their `index.json`).
+- Inputs (`Inputs`, `find_inputs`): audio files, folders (searched recursively), shard folders, and
+  every corpus layout w2v-make-shards reads (manifests, Common Voice, Kaldi, Lhotse, Hugging Face,
+  SpeechBrain), read by the same reader: one input per row, its span honoured.
 - Audio (`load_audio`): any rate and channel count, down-mixed and resampled to 16 kHz as at sharding
   (soxr HQ); what libsndfile cannot read (m4a/AAC, WebM, ...) is decoded by the `ffmpeg` command.
 - Chunks: a recording longer than `chunk_seconds` is cut into overlapping chunks, each normalised on
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,37 +37,12 @@ from w2v.data.padding import attention_mask_from_lengths, normalize_and_pad
 from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
 from w2v.model import CTCModel
 from w2v.scoring import log_probs
-from w2v.shards.audio import TARGET_SR, AudioError, read_audio, resample, to_mono
-from w2v.shards.corpus import CorpusError, open_manifest
+from w2v.shards.audio import TARGET_SR, AudioError, resample, to_mono
+from w2v.shards.corpus import Corpus, CorpusError, open_corpus
+from w2v.shards.readers.audio_folder import AUDIO_SUFFIXES, AudioFolder
+from w2v.shards.sharding import decode_utterance
+from w2v.shards.utterance import FileRange, Utterance
 from w2v.text import WORD_DELIMITER, TextNormalizer, Vocabulary
-
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4", ".wma", ".aiff",
-                  ".aif", ".sph"}
-MANIFEST_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv"}
-AUDIO_COLUMNS = ("audio", "audio_filepath", "path", "file", "file_name", "wav", "filename")
-
-
-class InputError(ValueError):
-    """An input argument that names nothing usable (a usage error, not a bad audio file)."""
-
-
-@dataclass
-class Source:
-    """One recording to transcribe: a file path, or a shard member (`member`: its tar file, offset
-    and size, read when its group is transcribed); or a manifest row that names none (`problem`)."""
-
-    path: str
-    member: tuple[str, int, int] | None = None
-    problem: str | None = None
-
-    def audio_bytes(self) -> bytes | None:
-        """A shard member's bytes (None for a file)."""
-        if self.member is None:
-            return None
-        tar, offset, size = self.member
-        with open(tar, "rb") as handle:
-            handle.seek(offset)
-            return handle.read(size)
 
 
 @dataclass
@@ -79,6 +55,7 @@ class Word:
 @dataclass
 class Result:
     path: str
+    name: str = ""  # the input's unique name (Source.name): subtitle files are named by it
     duration: float = 0.0
     text: str = ""
     words: list[Word] = field(default_factory=list)
@@ -88,50 +65,96 @@ class Result:
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def find_inputs(arguments: Iterable[str], audio_column: str | None = None) -> list[Source]:
-    """Every recording the arguments name, in order (a folder's files sorted); an argument that
-    names nothing is an InputError."""
-    sources: list[Source] = []
-    for argument in arguments:
-        path = Path(argument)
+class InputError(ValueError):
+    """An input argument that names nothing usable (a usage error, not a bad audio file)."""
+
+
+# Problems of a transcript, not of the audio: what is transcribed needs none.
+TEXT_PROBLEMS = ("empty_text", "no_transcript")
+
+
+@dataclass
+class Source:
+    """One input to transcribe: a recording, or a segment of one (`utt`, read as sharding reads
+    it); `path`, what the outputs call it; `name`, unique among the inputs, for a file of its own
+    (subtitles); `problem`, why there is nothing to read. `Source("a.wav")` is that file."""
+
+    path: str
+    utt: Utterance | None = None
+    name: str = ""
+    problem: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.utt is None and self.problem is None:
+            self.utt = Utterance(Path(self.path).name, Path(self.path), None, self.path)
+        self.name = self.name or Path(self.path).name
+
+
+class Inputs:
+    """Every input the arguments name, in order: audio files, folders of them (recursively),
+    manifests and corpus layouts (read by w2v.shards.corpus as w2v-make-shards reads them, spans
+    included; transcripts are not needed), and shard folders. Listed lazily, so a parquet of
+    recordings is streamed; an argument that names nothing usable is an InputError, raised here.
+    Each input's `name` is unique: its path under the folder given (or its key in a manifest),
+    `_2`, `_3` added to a name given again."""
+
+    def __init__(self, arguments: Iterable[str], audio_column: str | None = None):
+        self.groups = [self._open(Path(a), audio_column) for a in arguments]
+
+    @staticmethod
+    def _open(path: Path, audio_column: str | None) -> tuple[int, Callable[[], Iterator[Source]]]:
         if path.is_dir() and (path / "index.json").is_file():
-            sources += _shard_members(path)
-        elif path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-            if not found:
-                raise InputError(f"{path}: no audio files in this folder")
-            sources += [Source(str(p)) for p in found]
-        elif path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-            sources += _manifest_rows(path, audio_column)
-        elif path.is_file():
-            sources.append(Source(str(path)))
-        else:
-            raise InputError(f"{path}: no such file or folder")
-    return sources
+            members = _shard_members(path)
+            return len(members), lambda: iter(members)
+        try:
+            corpus = open_corpus(path, audio_column=audio_column, text_required=False)
+        except CorpusError as exc:
+            raise InputError(str(exc)) from None
+        return corpus.count(), lambda: (_source(u, corpus) for u in corpus.utterances())
+
+    def __len__(self) -> int:
+        return sum(count for count, _ in self.groups)
+
+    def __iter__(self) -> Iterator[Source]:
+        given: dict[str, int] = {}
+        for _, sources in self.groups:
+            for source in sources():
+                n = given[source.name] = given.get(source.name, 0) + 1
+                if n > 1:
+                    stem, dot, suffix = source.name.rpartition(".")
+                    source.name = f"{stem}_{n}.{suffix}" if dot and "/" not in suffix else f"{source.name}_{n}"
+                yield source
 
 
-def _manifest_rows(path: Path, audio_column: str | None) -> list[Source]:
-    """The audio of every row of a manifest, read as w2v-make-shards reads one (a text column is
-    not needed). A row without audio becomes an input that fails with its reason."""
-    try:
-        corpus = open_manifest(path, audio_column, audio_names=AUDIO_COLUMNS, text_required=False)
-    except CorpusError as exc:
-        raise InputError(str(exc)) from None
-    return [Source(str(u.audio)) if u.audio is not None else Source(u.source, problem=u.problem)
-            for u in corpus.utterances()]
+def find_inputs(arguments: Iterable[str], audio_column: str | None = None) -> list[Source]:
+    """Every input the arguments name, as a list (see Inputs)."""
+    return list(Inputs(arguments, audio_column))
+
+
+def _source(utt: Utterance, corpus: Corpus) -> Source:
+    """An utterance of a corpus as an input: its audio file (and span) or where it was listed."""
+    path = str(utt.audio) if isinstance(utt.audio, Path) else utt.source
+    if utt.span is not None and isinstance(utt.audio, Path):
+        path = f"{path}@{utt.span}"
+    name = utt.source if isinstance(corpus, AudioFolder) else utt.key
+    if utt.audio is None or (utt.problem and utt.problem not in TEXT_PROBLEMS):
+        return Source(path, None, name, problem=f"{utt.problem}: {utt.detail}" if utt.detail else utt.problem)
+    return Source(path, utt, name)
 
 
 def _shard_members(folder: Path) -> list[Source]:
-    """The audio members of a shard folder's tar files (the index says which shards)."""
+    """The audio members of a shard folder's tar files (the index says which shards): listed with
+    their place in the tar, read when their group is transcribed, so memory stays flat."""
     index = json.loads((folder / "index.json").read_text(encoding="utf-8"))
     sources = []
     for shard in index["shards"]:
-        with tarfile.open(folder / shard["name"]) as tar:
+        tar_path = str(folder / shard["name"])
+        with tarfile.open(tar_path) as tar:
             for member in tar:
                 key, _, ext = member.name.partition(".")
-                if member.isfile() and f".{ext}" in AUDIO_SUFFIXES:  # listed, not read: memory stays flat
-                    sources.append(Source(f"{folder / shard['name']}/{key}",
-                                          member=(str(folder / shard["name"]), member.offset_data, member.size)))
+                if member.isfile() and f".{ext}" in AUDIO_SUFFIXES:
+                    audio = FileRange(tar_path, member.offset_data, member.size)
+                    sources.append(Source(f"{tar_path}/{key}", Utterance(key, audio, None, key), key))
     return sources
 
 
@@ -139,8 +162,9 @@ def _shard_members(folder: Path) -> list[Source]:
 
 
 def load_audio(source: Source) -> np.ndarray:
-    """float32 mono samples at 16 kHz; AudioError with a short reason when it cannot be read."""
-    data, rate = read_audio(source.audio_bytes() if source.member is not None else source.path)
+    """float32 mono samples at 16 kHz (its channel and span only, as at sharding); AudioError with
+    a short reason when it cannot be read."""
+    data, rate = decode_utterance(source.utt)
     wave = to_mono(data)
     return resample(wave, rate) if rate != TARGET_SR else wave.astype(np.float32, copy=False)
 
@@ -258,18 +282,18 @@ class Transcriber:
         results, waves = [], {}
         for k, source in enumerate(sources):
             if source.problem:
-                results.append(Result(source.path, error=source.problem))
+                results.append(Result(source.path, source.name, error=source.problem))
                 continue
             try:
                 wave = load_audio(source)
             except AudioError as exc:  # the reason, and the detail when it says more than the path
                 detail = exc.detail.removeprefix(source.path).lstrip(": ")
-                results.append(Result(source.path, error=f"{exc.reason}: {detail}" if detail else exc.reason))
+                results.append(Result(source.path, source.name, error=f"{exc.reason}: {detail}" if detail else exc.reason))
                 continue
             if len(wave) < self.ratio:
-                results.append(Result(source.path, error=f"too_short: {len(wave)} samples"))
+                results.append(Result(source.path, source.name, error=f"too_short: {len(wave)} samples"))
                 continue
-            results.append(Result(source.path, duration=len(wave) / TARGET_SR))
+            results.append(Result(source.path, source.name, duration=len(wave) / TARGET_SR))
             waves[k] = wave
         logits = self._logits(waves)
         for k, frames in logits.items():

@@ -13,21 +13,27 @@ import sys
 
 from w2v.progress import LOG_INTERVAL_SECONDS
 from w2v.shards.audio import CODECS, RESAMPLERS
-from w2v.shards.corpus import FORMATS, CorpusError, open_corpus
+from w2v.shards.corpus import FORMATS, CorpusError, open_corpus, parse_placeholders
 from w2v.shards.parts import Part, PartsError, part_from_environment
 from w2v.shards.sharding import ShardOptions, make_shards, utterance_seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="Common Voice TSV or folder, LibriSpeech split folder, or manifest file")
+    p.add_argument("src", help="a corpus: Common Voice TSV or folder, LibriSpeech split folder, manifest "
+                               "(JSONL/JSON/CSV/TSV, NeMo), Hugging Face parquet or save_to_disk folder, Kaldi data "
+                               "dir, Lhotse cut or supervision set, SpeechBrain CSV/JSON")
     p.add_argument("--out", required=True, help="output folder for the shards, index.json and skipped.jsonl")
-    p.add_argument("--format", default="auto", choices=FORMATS)
-    p.add_argument("--split", default=None, help="Common Voice split when SRC is a locale folder (default train)")
-    p.add_argument("--audio-column", default=None, help="a manifest's audio column (default: audio, path, "
-                                                       "audio_filepath or file)")
-    p.add_argument("--text-column", default=None, help="a manifest's text column (default: text, sentence or "
-                                                      "transcript)")
+    p.add_argument("--format", default="auto", choices=[f for f in FORMATS if f != "audio"],
+                   help="the corpus layout (default: detected)")
+    p.add_argument("--split", default=None, help="the split of a Common Voice locale folder (default train) or of "
+                                                 "a Hugging Face dataset with several")
+    p.add_argument("--audio-column", default=None, help="the audio column (default: audio, path, audio_filepath, "
+                                                       "file, file_name, filename or wav; Hugging Face: its Audio feature)")
+    p.add_argument("--text-column", default=None, help="the text column (default: text, sentence, transcript, "
+                                                      "transcription or normalized_text; SpeechBrain: wrd)")
+    p.add_argument("--placeholder", action="append", default=None, metavar="NAME=VALUE",
+                   help="SpeechBrain: the value of $NAME in the manifest's fields (e.g. data_root=/data); repeatable")
     p.add_argument("--name", default=None, help="shard file prefix (default: the output folder's name)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--codec", default="flac", choices=CODECS)
@@ -57,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device != "cpu" and args.workers > 1:
         args.workers = 1  # one process owns the GPU; it is not the bottleneck there
     try:
-        corpus = open_corpus(args.src, args.format, args.split, args.audio_column, args.text_column)
+        corpus = open_corpus(args.src, args.format, args.split, args.audio_column, args.text_column,
+                             parse_placeholders(args.placeholder))
         part = part_from_environment(args.num_parts, args.part)
     except (CorpusError, PartsError) as exc:
         print(f"error: {exc}", file=sys.stderr)

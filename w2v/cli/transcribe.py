@@ -1,4 +1,4 @@
-"""Transcribe audio with a trained model: files, folders, manifests or shard folders.
+"""Transcribe audio with a trained model: files, folders, manifests, corpus layouts or shard folders.
 
     w2v-transcribe runs/x/final talks/ --out talks.jsonl
     w2v-transcribe runs/x/final interview.m4a --format srt --out interview.srt
@@ -8,7 +8,9 @@ Greedy decoding, or beam search with a KenLM n-gram (`--lm`, or the LM that `w2v
 model folder, with its tuned weights). Any sample rate and channel count; long recordings are
 chunked (`--chunk-seconds`) and stitched at frame level. One JSONL line per input: path, duration,
 text (and words with their times with `--words`); `txt` writes `path<TAB>text`; `srt`/`vtt`
-write subtitles (one file per input in the folder `--out` when there are several). A file that
+write subtitles (one file per input in the folder `--out` when there are several, named after the
+input: `OUT/talk.wav.srt`, `OUT/sub/talk.flac.srt`, a manifest row's key). A manifest row or corpus
+segment is one input: its span is transcribed, read as w2v-make-shards reads it. A file that
 cannot be read is listed with its reason on stderr (and as `error` in JSONL) and counted. Exit
 status: 0 when every input was transcribed, 1 when some could not be, 2 on a usage error.
 """
@@ -24,7 +26,7 @@ from typing import TextIO
 
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 from w2v.run_folder import model_folder_kind
-from w2v.transcribe import InputError, Result, Transcriber, find_inputs
+from w2v.transcribe import InputError, Inputs, Result, Transcriber
 
 FORMATS = ("jsonl", "txt", "srt", "vtt")
 
@@ -34,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("model", help="a model folder (train.py's final/ or best/, one made by w2v-export) or a "
                                  "checkpoint (OUTPUT_DIR/checkpoints/step-N)")
-    p.add_argument("inputs", nargs="+", help="audio files, folders, manifests (.jsonl/.json/.csv/.tsv) or shard folders")
+    p.add_argument("inputs", nargs="+", help="audio files, folders, manifests (.jsonl/.json/.csv/.tsv), corpus "
+                                             "layouts w2v-make-shards reads, or shard folders")
     p.add_argument("--out", default=None, help="output file (default: stdout), or a folder for srt/vtt of many inputs")
     p.add_argument("--format", default=None, choices=FORMATS, help="default: from --out's suffix, else jsonl")
     p.add_argument("--words", action="store_true", help="JSONL: each word with its start and end in seconds")
@@ -58,8 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        fmt, out = check_args(args)
-        sources = find_inputs(args.inputs, args.audio_column)
+        sources = Inputs(args.inputs, args.audio_column)
+        fmt, out = check_args(args, len(sources))
         transcriber = Transcriber.load(args.model, args.lm, args.alpha, args.beta, args.beam_width,
                                        args.workers or os.cpu_count() or 1, args.device,
                                        chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
@@ -85,13 +88,16 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
-def check_args(args: argparse.Namespace) -> tuple[str, Path | None]:
+def check_args(args: argparse.Namespace, inputs: int) -> tuple[str, Path | None]:
     """The output format and path, and the model folder, checked before any audio is read."""
     model_folder_kind(args.model)  # a ValueError that says what the folder lacks
     out = Path(args.out) if args.out else None
     fmt = args.format or (out.suffix.lstrip(".") if out is not None and out.suffix.lstrip(".") in FORMATS else "jsonl")
     if fmt in ("srt", "vtt") and out is None:
         raise InputError(f"--format {fmt} needs --out (a file, or a folder for several inputs)")
+    if fmt in ("srt", "vtt") and inputs > 1 and out.suffix.lower() == f".{fmt}":
+        raise InputError(f"--out {out}: {inputs} inputs make {inputs} subtitle files: give a folder (a name "
+                         f"without .{fmt}); each file is named after its input")
     return fmt, out
 
 
@@ -124,8 +130,9 @@ class Writer:
             return
         elif self.fmt == "txt":
             self.handle.write(f"{result.path}\t{result.text}\n")
-        elif self.folder is not None:
-            target = self.folder / f"{Path(result.path).stem}.{self.fmt}"
+        elif self.folder is not None:  # OUT/<the input's unique name>.srt: talk.wav.srt, sub/talk.flac.srt
+            target = self.folder / f"{result.name}.{self.fmt}"
+            target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(subtitles(result, self.fmt), encoding="utf-8")
         else:
             self.handle.write(subtitles(result, self.fmt))

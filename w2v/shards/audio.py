@@ -1,7 +1,8 @@
 """Audio in and out: decode anything libsndfile reads, downmix, resample to 16 kHz, encode.
 
 Decoding goes through soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3 since 1.1) from a
-path or from bytes in memory; a file libsndfile cannot read (m4a/AAC, WebM, ...) is decoded by the
+path, from bytes in memory, from a range of a file or from what a command writes to its stdout
+(`w2v.shards.utterance`); audio libsndfile cannot read (m4a/AAC, WebM, ...) is decoded by the
 `ffmpeg` command when it is installed, at its own rate and channel count. Resampling uses soxr's HQ filter by default; torchaudio's sinc
 resampler (optionally on a GPU) is the alternative. `benchmarks/bench_shard.py` measures both.
 """
@@ -18,6 +19,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from w2v.shards.utterance import COMMAND_TIMEOUT, AudioRef, Command, FileRange
+
 TARGET_SR = 16000
 RESAMPLERS = ("soxr", "torchaudio")
 CODECS = ("flac", "wav")
@@ -32,8 +35,13 @@ class AudioError(Exception):
         self.detail = detail
 
 
-def read_audio(src: str | Path | bytes) -> tuple[np.ndarray, int]:
-    """Decode a file path or encoded bytes to float32 of shape [frames, channels] and its rate."""
+def read_audio(src: str | AudioRef) -> tuple[np.ndarray, int]:
+    """Decode audio to float32 of shape [frames, channels] and its rate: a file path, encoded bytes,
+    a range of a file, or a command's stdout."""
+    if isinstance(src, Command):
+        src = run_command(src)
+    elif isinstance(src, FileRange):
+        src = src.read()
     if isinstance(src, bytes | bytearray | memoryview):
         if len(src) == 0:
             raise AudioError("empty_file")
@@ -48,22 +56,39 @@ def read_audio(src: str | Path | bytes) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(handle, dtype="float32", always_2d=True)
     except Exception as exc:  # libsndfile raises several types (LibsndfileError, RuntimeError, ...)
-        if isinstance(handle, Path) and shutil.which("ffmpeg") and shutil.which("ffprobe"):
-            return _ffmpeg_read(handle)
+        if shutil.which("ffmpeg") and shutil.which("ffprobe"):
+            return _ffmpeg_read(handle if isinstance(handle, Path) else bytes(src))
         raise AudioError("decode_error", f"{type(exc).__name__}: {exc}") from None
     return data, sr
 
 
-def _ffmpeg_read(path: Path) -> tuple[np.ndarray, int]:
-    """What libsndfile cannot read, through ffprobe (rate, channels) and ffmpeg (float32 samples)."""
+def run_command(command: Command) -> bytes:
+    """What a command writes to stdout (Kaldi's `cmd |`), or an AudioError saying why not."""
+    try:
+        done = subprocess.run(command.argv, capture_output=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise AudioError("command_failed", f"{command}: no end after {COMMAND_TIMEOUT:g} s") from None
+    except OSError as exc:  # no such program
+        raise AudioError("command_failed", f"{command}: {exc}") from None
+    if done.returncode != 0:
+        said = done.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError("command_failed", f"{command}: exit status {done.returncode}"
+                         + (f": {said[-1]}" if said else ""))
+    return done.stdout
+
+
+def _ffmpeg_read(src: Path | bytes) -> tuple[np.ndarray, int]:
+    """What libsndfile cannot read, through ffprobe (rate, channels) and ffmpeg (float32 samples),
+    from a file or from bytes on their stdin."""
+    name, data = (str(src), None) if isinstance(src, Path) else ("pipe:0", src)
     probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-                            "stream=sample_rate,channels", "-of", "json", str(path)], capture_output=True)
+                            "stream=sample_rate,channels", "-of", "json", name], capture_output=True, input=data)
     streams = json.loads(probe.stdout or b"{}").get("streams") if probe.returncode == 0 else None
     if not streams:
         raise AudioError("decode_error", "neither libsndfile nor ffmpeg finds an audio stream")
     rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
-    done = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
-                           "-acodec", "pcm_f32le", "-"], capture_output=True)
+    done = subprocess.run(["ffmpeg", "-nostdin" if data is None else "-hide_banner", "-v", "error", "-i", name,
+                           "-map", "0:a:0", "-f", "f32le", "-acodec", "pcm_f32le", "-"], capture_output=True, input=data)
     if done.returncode != 0 or not done.stdout:
         detail = done.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError("decode_error", f"ffmpeg: {detail[-1] if detail else 'no samples'}")

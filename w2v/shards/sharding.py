@@ -7,7 +7,9 @@ small chunks are in flight, which bounds memory whatever the corpus size.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import multiprocessing as mp
 import shutil
 import time
@@ -24,9 +26,9 @@ from w2v.atomic import TMP_SUFFIX, AtomicFile
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 from w2v.shards import audio
 from w2v.shards.columns import COLUMNS_DIR, index_identity, write_columns
-from w2v.shards.corpus import Corpus, Utterance
 from w2v.shards.index import INDEX_NAME, SKIPPED_NAME
 from w2v.shards.parts import PARTS_DIR, PLAN_NAME, Part, clear_part, mark_done, part_files, record_plan
+from w2v.shards.utterance import AudioRef, Command, Corpus, FileRange, Utterance
 from w2v.shards.writer import ShardWriter, write_index
 
 # Anything shorter than this after decoding is a truncated or broken file, not speech: wav2vec2's
@@ -67,14 +69,14 @@ class DecodedRecording:
     """The last recording decoded in this process: its segments, listed together, reuse it."""
 
     def __init__(self):
-        self.path: Path | None = None
+        self.ref: AudioRef | None = None
         self.result: tuple[np.ndarray, int] | audio.AudioError | None = None
 
-    def read(self, path: Path) -> tuple[np.ndarray, int]:
-        if path != self.path:
-            self.path = path
+    def read(self, ref: AudioRef) -> tuple[np.ndarray, int]:
+        if isinstance(ref, bytes) or ref != self.ref:  # bytes held in the corpus file: one row each
+            self.ref = ref
             try:
-                self.result = audio.read_audio(path)
+                self.result = audio.read_audio(ref)
             except audio.AudioError as exc:
                 self.result = exc
         if isinstance(self.result, audio.AudioError):
@@ -82,43 +84,46 @@ class DecodedRecording:
         return self.result
 
 
-def _cut(data: np.ndarray, sr: int, span: tuple[float, float | None]) -> np.ndarray | str:
-    """The frames of a segment, at the recording's own rate; a detail string if it does not fit."""
-    length = len(data) / sr
-    start, end = span
-    if end is None:
-        end = length
-    if start >= length or end > length + SEGMENT_END_TOLERANCE:
-        return f"{start:.3f}-{end:.3f} s, but the recording is {length:.3f} s"
-    return data[round(start * sr):min(round(end * sr), len(data))]
+def decode_utterance(utt: Utterance, recording: DecodedRecording | None = None) -> tuple[np.ndarray, int]:
+    """An utterance's audio as [frames, channels] float32 at the recording's own rate: its channel
+    (of a multi-channel recording) and its span only. An AudioError says why it cannot be had."""
+    data, sr = (recording or DecodedRecording()).read(utt.audio)
+    if utt.channel is not None and data.shape[1] > 1:  # a mono file is that channel already
+        if utt.channel >= data.shape[1]:
+            raise audio.AudioError("channel_out_of_range", f"channel {utt.channel} of {data.shape[1]}")
+        data = data[:, utt.channel:utt.channel + 1]
+    if utt.span is None:
+        return data, sr
+    first, last = utt.span.frames(sr) if math.isfinite(utt.span.end) else (utt.span.frames(sr)[0], len(data))
+    if first >= len(data) or last > len(data) + SEGMENT_END_TOLERANCE * sr:
+        raise audio.AudioError("segment_out_of_range", f"{utt.span}, but the recording is {len(data) / sr:.3f} s "
+                               f"({len(data)} samples)")
+    return data[first:min(last, len(data))], sr
 
 
 def utterance_seconds(utt: Utterance) -> float:
-    """An input's length from its file header (or its span), without decoding; 0 if unreadable."""
-    if utt.problem or utt.audio is None:
+    """An input's length from its file header (or its span), without decoding; 0 if unknown."""
+    if utt.problem or utt.audio is None or isinstance(utt.audio, Command | FileRange):
         return 0.0
-    if utt.span is not None and utt.span[1] is not None:
-        return utt.span[1] - utt.span[0]
     try:
-        info = sf.info(str(utt.audio))
+        info = sf.info(io.BytesIO(utt.audio) if isinstance(utt.audio, bytes) else str(utt.audio))
     except Exception:  # noqa: BLE001 (an unreadable file is the sharder's to report)
         return 0.0
-    return info.frames / info.samplerate - (utt.span[0] if utt.span else 0.0)
+    if utt.span is not None:
+        start, end = utt.span.seconds(info.samplerate)
+        return min(end, info.frames / info.samplerate) - start
+    return info.frames / info.samplerate
 
 
 def prepare(utt: Utterance, opts: ShardOptions, recording: DecodedRecording | None = None) -> Prepared:
     """Decode, downmix, resample and encode one utterance (a segment: its span only, resampled once
     from the recording's rate), or say why it is skipped."""
     if utt.problem:
-        return Prepared(utt.key, utt.source, reason=utt.problem)
+        return Prepared(utt.key, utt.source, reason=utt.problem, detail=utt.detail)
     try:
-        data, sr = (recording or DecodedRecording()).read(utt.audio)
+        data, sr = decode_utterance(utt, recording)
     except audio.AudioError as exc:
         return Prepared(utt.key, utt.source, reason=exc.reason, detail=exc.detail)
-    if utt.span is not None:
-        data = _cut(data, sr, utt.span)
-        if isinstance(data, str):
-            return Prepared(utt.key, utt.source, reason="segment_out_of_range", detail=data)
     wave = audio.resample(audio.to_mono(data), sr, audio.TARGET_SR, opts.resampler, opts.device)
     seconds = len(wave) / audio.TARGET_SR
     detail = f"{seconds:.3f} s"
@@ -140,6 +145,7 @@ def prepare(utt: Utterance, opts: ShardOptions, recording: DecodedRecording | No
         "source": utt.source,
         "orig_sample_rate": sr,
         "orig_channels": data.shape[1],
+        **({"channel": utt.channel} if utt.channel is not None else {}),
     }
     return Prepared(utt.key, utt.source, audio.encode(pcm, opts.codec), meta)
 
