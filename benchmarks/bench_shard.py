@@ -9,6 +9,8 @@
 2. Resamplers: soxr HQ vs torchaudio's sinc resampler, speed (one thread) and accuracy (SNR
    against an analytically resampled sine sweep).
 3. FLAC vs WAV for 16 kHz speech: size, encode and decode speed.
+4. A Hugging Face parquet with the audio in the file (the `Audio` feature's struct of bytes and path)
+   against the same FLAC recordings as files named by a manifest: audio-seconds per second, one worker.
 Prints tables and writes JSON. Synthetic espeak-ng speech; the corpus is cached in --work.
 """
 
@@ -46,8 +48,9 @@ VOICES = ["en-us", "en-gb", "en-us+f3", "en-gb+m3"]
 
 
 def make_corpus(work: Path, minutes: float, fmt: str) -> Path:
-    """A manifest over ~`minutes` of 48 kHz mono speech files (distinct syntheses, then copies)."""
-    folder = work / f"{fmt}48k-{minutes:g}min"
+    """A manifest over ~`minutes` of mono speech files, 48 kHz (16 kHz for flac), distinct syntheses
+    then copies."""
+    folder = work / f"{fmt}{'16k' if fmt == 'flac' else '48k'}-{minutes:g}min"
     manifest = folder / "manifest.jsonl"
     if manifest.is_file():
         return manifest
@@ -60,6 +63,8 @@ def make_corpus(work: Path, minutes: float, fmt: str) -> Path:
         out = folder / f"d{i}.{fmt}"
         if fmt == "mp3":
             subprocess.run(["lame", "--quiet", "--resample", "48", "-m", "m", str(raw), str(out)], check=True)
+        elif fmt == "flac":  # as corpora on the Hub hold them: 16 kHz FLAC
+            subprocess.run(["sox", str(raw), "-r", "16000", str(out)], check=True)
         else:
             subprocess.run(["sox", str(raw), "-r", "48000", str(out)], check=True)
         raw.unlink()
@@ -83,7 +88,7 @@ def floor_rate(manifest: Path) -> float:
     for path in files:
         data, sr = sf.read(path, dtype="float32", always_2d=True)
         wave = soxr.resample(data[:, 0], sr, 16000, quality="HQ")
-        pcm = np.clip(np.rint(wave * 32767), -32768, 32767).astype(np.int16)
+        pcm = np.clip(np.rint(wave * 32768), -32768, 32767).astype(np.int16)
         buf = io.BytesIO()
         sf.write(buf, pcm, 16000, format="FLAC", subtype="PCM_16")
         total += len(pcm) / 16000
@@ -122,6 +127,39 @@ def bench_parts(work: Path, minutes: float, parts: int) -> dict:
         times = {first: first(), second: second()}
         one, split = min(one, times[whole]), min(split, times[in_parts])
     return {"one_run_seconds": one, "parts_and_merge_seconds": split, "parts": parts, "overhead": split / one - 1}
+
+
+def make_parquet(manifest: Path) -> Path:
+    """The manifest's recordings, their bytes inside one parquet file laid out as `datasets` writes
+    the Audio feature (a struct of bytes and path), in row groups of 64."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = manifest.with_name("audio.parquet")
+    if out.is_file():
+        return out
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    audio_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    features = {"audio": {"_type": "Audio"}, "text": {"dtype": "string", "_type": "Value"}}
+    schema = pa.schema([("audio", audio_type), ("text", pa.string())],
+                       metadata={"huggingface": json.dumps({"info": {"features": features}})})
+    table = pa.table({"audio": [{"bytes": (manifest.parent / r["audio"]).read_bytes(), "path": r["audio"]} for r in rows],
+                      "text": [r["text"] for r in rows]}, schema=schema)
+    pq.write_table(table, out, row_group_size=64)
+    return out
+
+
+def bench_parquet(work: Path, minutes: float) -> dict:
+    """Sharding from a parquet of in-file audio against the same FLAC files, one worker each,
+    interleaved, best of 3."""
+    manifest = make_corpus(work, minutes, "flac")
+    parquet = make_parquet(manifest)
+    files = parquet_rate = 0.0
+    for _ in range(3):
+        files = max(files, tool_rate(manifest, 1, work / "out"))
+        parquet_rate = max(parquet_rate, tool_rate(parquet, 1, work / "out"))
+    return {"flac_files_1_worker": files, "parquet_1_worker": parquet_rate, "parquet_vs_files": parquet_rate / files,
+            "parquet_bytes": parquet.stat().st_size}
 
 
 def bench_end_to_end(work: Path, minutes: float) -> dict:
@@ -197,9 +235,21 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--parts", type=int, default=4, help="parts for the split-and-merge comparison")
     p.add_argument("--only-parts", action="store_true", help="only the split-and-merge comparison")
+    p.add_argument("--only-parquet", action="store_true", help="only the parquet against FLAC files comparison")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    parquet = bench_parquet(work, args.minutes)
+    print(f"\nSharding 16 kHz FLAC recordings ({args.minutes:g} min), one worker, audio-seconds per second:")
+    print(f"{'source':36} {'audio-s/s':>10}")
+    print(f"{'FLAC files named by a manifest':36} {parquet['flac_files_1_worker']:10.0f}")
+    print(f"{'the same bytes in a parquet':36} {parquet['parquet_1_worker']:10.0f}")
+    print(f"parquet / files: {parquet['parquet_vs_files']:.2f}")
+    if args.only_parquet:
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"parquet": parquet, "minutes": args.minutes}, indent=2))
+        return 0
     parts = bench_parts(work, args.minutes, args.parts)
     print(f"\nOne run against {parts['parts']} parts + merge (wav, 1 worker, {args.minutes:g} min): "
           f"{parts['one_run_seconds']:.1f} s against {parts['parts_and_merge_seconds']:.1f} s "
@@ -226,7 +276,8 @@ def main() -> int:
     for name, r in codecs.items():
         print(f"{name:6} {r['bytes_per_audio_second'] / 1000:15.1f} {r['encode_audio_seconds_per_second']:17.0f} "
               f"{r['decode_audio_seconds_per_second']:17.0f}")
-    result = {"end_to_end": e2e, "resamplers": res, "codecs": codecs, "parts": parts, "minutes": args.minutes,
+    result = {"end_to_end": e2e, "resamplers": res, "codecs": codecs, "parts": parts, "parquet": parquet,
+              "minutes": args.minutes,
               "cpu_count": os.cpu_count()}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

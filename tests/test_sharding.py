@@ -298,7 +298,7 @@ def test_segments_are_cut_resampled_once_and_decoded_once(recording, tmp_path, m
         # 22.05 kHz: the span cut at the source rate, then resampled once (soxr HQ, as by hand)
         seg22 = got[key.replace("rec16", "rec22")][0]
         span = src22[round(s * 22050):round(e * 22050)]
-        by_hand = np.clip(np.rint(soxr.resample(span, 22050, 16000, quality="HQ") * 32767), -32768, 32767)
+        by_hand = np.clip(np.rint(soxr.resample(span, 22050, 16000, quality="HQ") * 32768), -32768, 32767)
         assert len(seg22) == len(by_hand) and np.abs(seg22 - by_hand).max() <= 1
         # and it is the same speech as that span of the resampled whole
         inner = slice(800, len(seg22) - 800)

@@ -122,8 +122,10 @@ def resample(
 
 
 def to_int16(wave: np.ndarray) -> np.ndarray:
-    """float32 in [-1, 1] → int16 with rounding and clipping (resampling can overshoot 1.0)."""
-    scaled = np.rint(wave * 32767.0)
+    """float32 → int16 as `x × 32768`, rounded and clipped (resampling can overshoot 1.0): the inverse
+    of how decoders and the loader read 16-bit audio (`x / 32768`), so 16-bit audio at 16 kHz is
+    copied sample for sample."""
+    scaled = np.rint(wave * 32768.0)
     return np.clip(scaled, -32768, 32767).astype(np.int16)
 
 

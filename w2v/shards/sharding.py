@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import multiprocessing as mp
 import shutil
 import time
@@ -94,7 +93,7 @@ def decode_utterance(utt: Utterance, recording: DecodedRecording | None = None) 
         data = data[:, utt.channel:utt.channel + 1]
     if utt.span is None:
         return data, sr
-    first, last = utt.span.frames(sr) if math.isfinite(utt.span.end) else (utt.span.frames(sr)[0], len(data))
+    first, last = utt.span.frames(sr, len(data))
     if first >= len(data) or last > len(data) + SEGMENT_END_TOLERANCE * sr:
         raise audio.AudioError("segment_out_of_range", f"{utt.span}, but the recording is {len(data) / sr:.3f} s "
                                f"({len(data)} samples)")

@@ -82,11 +82,14 @@ class Span:
     end: float
     unit: str = "seconds"  # or "samples"
 
-    def frames(self, rate: int) -> tuple[int, int]:
-        """The segment as frame indices at `rate` (the recording's own)."""
-        if self.unit == "samples":
-            return int(self.start), int(self.end)
-        return round(self.start * rate), round(self.end * rate)
+    def frames(self, rate: int, total: int) -> tuple[int, int]:
+        """The segment as frame indices at `rate` (the recording's own) of a recording of `total`
+        frames; an end of infinity (Kaldi's -1) is the recording's end."""
+        if math.isinf(self.end):
+            last = total
+        else:
+            last = int(self.end) if self.unit == "samples" else round(self.end * rate)
+        return (int(self.start) if self.unit == "samples" else round(self.start * rate)), last
 
     def seconds(self, rate: int | None = None) -> tuple[float, float]:
         if self.unit == "seconds":

@@ -11,6 +11,7 @@ beside it, as Lhotse's recipes name them. Read with the standard library: no Lho
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +37,7 @@ def _rows(path: Path) -> Iterator[dict | None]:
             for row in json.loads(head + handle.read()):
                 yield row if isinstance(row, dict) else None
             return
-        first = head + handle.readline()
-        for line in (first, *handle) if first.strip() else handle:
+        for line in itertools.chain([head + handle.readline()], handle):  # streamed, line by line
             if line.strip():
                 try:
                     row = json.loads(line)
