@@ -360,3 +360,22 @@ def test_a_shard_member_is_read_by_its_place_in_the_tar(tmp_path, clips):
         member = tar.getmember("k.wav")
     data = FileRange(str(tmp_path / "x.tar"), member.offset_data, member.size).read()
     assert np.array_equal(sf.read(io.BytesIO(data), dtype="int16")[0], samples(clips[0]))
+
+
+def test_evaluate_scores_a_corpus_as_it_scores_its_shards(memorised, commonvoice, cv_shards, tmp_path):
+    """w2v-evaluate --corpus reads the corpus with the sharding reader: the same utterances scored,
+    the unusable ones counted by the reasons sharding gives them, the same greedy figures."""
+    src, expected = commonvoice
+    shards, _ = cv_shards
+    figures = {}
+    for flag, where in (("--corpus", src / "train.tsv"), ("--shards", shards)):
+        report = tmp_path / f"{flag[2:]}.json"
+        run_command("w2v-evaluate", "--model", memorised / "final", flag, where, "--json", report, check=True)
+        figures[flag] = json.loads(report.read_text())
+    corpus, sharded = figures["--corpus"], figures["--shards"]
+    assert corpus["utterances"] == sharded["utterances"] == len(expected.written)
+    assert corpus["index_utterances"] == expected.inputs
+    assert sorted(corpus["excluded"].items()) == sorted(
+        (reason, list(expected.skipped.values()).count(reason)) for reason in set(expected.skipped.values()))
+    assert corpus["greedy"]["words"] == sharded["greedy"]["words"]
+    assert corpus["greedy"]["cer"] == pytest.approx(sharded["greedy"]["cer"], abs=0.02)

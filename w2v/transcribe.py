@@ -295,12 +295,12 @@ class Transcriber:
                 continue
             results.append(Result(source.path, source.name, duration=len(wave) / TARGET_SR))
             waves[k] = wave
-        logits = self._logits(waves)
+        logits = self.log_probs_of(waves)
         for k, frames in logits.items():
             results[k].text, results[k].words = self._decode(frames)
         return results
 
-    def _logits(self, waves: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def log_probs_of(self, waves: dict) -> dict:
         """Log-probabilities [T, V] per recording, its chunks' strides dropped and joined."""
         chunks = [c for k, wave in waves.items() for c in chunks_of(k, wave, self.chunk, self.stride)]
         pieces: dict[int, list[tuple[int, np.ndarray]]] = {k: [] for k in waves}

@@ -1,6 +1,7 @@
-"""WER and CER of a trained model on shards: greedy, and with a KenLM language model.
+"""WER and CER of a trained model on shards (or a corpus): greedy, and with a KenLM language model.
 
     w2v-evaluate --model runs/x/final --shards shards/test
+    w2v-evaluate --model runs/x/final --corpus cv-corpus/en/test.tsv          # any layout, not sharded
     w2v-evaluate --model runs/x/final --shards shards/dev --lm runs/lm --tune
     w2v-evaluate --model runs/x/final --shards shards/test --lm runs/lm --alpha 0.5 --beta 1.0 \
         --json test.json --errors test_errors.jsonl
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from transformers import Wav2Vec2ForCTC
@@ -32,15 +34,23 @@ from w2v.scoring import (
     per_utterance_log_probs,
     unknown_characters,
 )
+from w2v.shards.audio import AudioError
+from w2v.shards.corpus import Corpus, CorpusError, Utterance, open_corpus
+from w2v.shards.sharding import MIN_DECODED_SECONDS
 from w2v.shards.spec import select_shards
 from w2v.text import TextNormalizer, Vocabulary
+from w2v.transcribe import Source, Transcriber, load_audio
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="a model folder (train.py's OUTPUT_DIR/final or best) or a checkpoint (OUTPUT_DIR/checkpoints/step-N)")
-    p.add_argument("--shards", required=True, help="shard folder, pattern or URLs")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--shards", help="shard folder, pattern or URLs")
+    what.add_argument("--corpus", help="or a corpus in any layout w2v-make-shards reads (audio and transcripts, "
+                                       "not sharded): read, resampled and scored as they are")
+    p.add_argument("--split", default=None, help="--corpus: the split, for a layout with several")
     p.add_argument("--index", default=None, help="index.json for pipe:/URL shards")
     p.add_argument("--lm", default=None, help="a folder from w2v-build-lm (or an .arpa/.bin file)")
     p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
@@ -63,8 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def acoustic_outputs(model: Wav2Vec2ForCTC, shards, max_batch_seconds: float,
                      log_interval: float = LOG_INTERVAL_SECONDS):
     """Log-probabilities per utterance ([T_i, V] float32), keys, texts, audio seconds, model seconds,
-    and the loader: every utterance of the index is scored (w2v.scoring's rule, as in training's
-    evaluation), except what damaged data makes unreadable (its drops)."""
+    the number of utterances the index lists, and what could not be scored by reason: every
+    utterance of the index is scored (w2v.scoring's rule, as in training's evaluation), except
+    what damaged data makes unreadable."""
     loader = evaluation_loader(shards, max_batch_seconds, wants_attention_mask(model.config))
     outputs, keys, texts, audio, compute = [], [], [], 0.0, 0.0
     batches = Progress(loader, desc="acoustic model", unit="batch", interval=log_interval)
@@ -74,7 +85,51 @@ def acoustic_outputs(model: Wav2Vec2ForCTC, shards, max_batch_seconds: float,
         keys += scored.batch["keys"]
         texts += scored.batch["texts"]
         audio += scored.batch["audio_seconds"]
-    return outputs, keys, texts, audio, compute, loader
+    return outputs, keys, texts, audio, compute, len(loader.table), loader.diagnostics()["drops"]
+
+
+def corpus_outputs(model: Wav2Vec2ForCTC, vocab: Vocabulary, corpus: Corpus, max_batch_seconds: float,
+                   log_interval: float = LOG_INTERVAL_SECONDS):
+    """As acoustic_outputs, for a corpus read as w2v-make-shards and w2v-transcribe read it: each
+    input decoded, resampled to 16 kHz and passed through the model (long ones in chunks); an
+    input that cannot be scored is counted by its reason."""
+    transcriber = Transcriber(model, vocab, batch_seconds=max_batch_seconds)
+    outputs, keys, texts, seconds, excluded = [], [], [], [0.0, 0.0], Counter()  # seconds: audio, model
+    group: list[Utterance] = []
+
+    def flush() -> None:
+        waves, order = {}, []
+        for utt in group:
+            try:
+                wave = load_audio(Source(utt.source, utt))
+            except AudioError as exc:
+                excluded[exc.reason] += 1
+                continue
+            if len(wave) < MIN_DECODED_SECONDS * 16000:  # as at sharding: a truncated file, not speech
+                excluded["too_short"] += 1
+                continue
+            waves[utt.key] = wave
+            order.append(utt)
+        start = time.perf_counter()
+        log_probs = transcriber.log_probs_of(waves)
+        seconds[1] += time.perf_counter() - start
+        seconds[0] += sum(len(w) for w in waves.values()) / 16000
+        for utt in order:
+            outputs.append(log_probs[utt.key])
+            keys.append(utt.key)
+            texts.append(utt.text)
+        group.clear()
+
+    for utt in Progress(corpus.utterances(), total=corpus.count(), desc="acoustic model", unit="utt",
+                        interval=log_interval):
+        if utt.problem:
+            excluded[utt.problem] += 1
+            continue
+        group.append(utt)
+        if len(group) == 64:
+            flush()
+    flush()
+    return outputs, keys, texts, seconds[0], seconds[1], corpus.count(), dict(excluded)
 
 
 def score(refs: list[str], hyps: list[str]) -> dict:
@@ -85,9 +140,10 @@ def score(refs: list[str], hyps: list[str]) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:  # every path is checked before the model loads
-        shards = select_shards(args.shards, args.index)
-    except ValueError as exc:
-        print(f"error: --shards {args.shards}: {exc}", file=sys.stderr)
+        shards = select_shards(args.shards, args.index) if args.shards else None
+        corpus = open_corpus(args.corpus, split=args.split) if args.corpus else None
+    except (ValueError, CorpusError) as exc:
+        print(f"error: {'--shards ' + args.shards if args.shards else '--corpus ' + args.corpus}: {exc}", file=sys.stderr)
         return 2
     try:  # a model folder, or a train.py checkpoint (checkpoints/step-N)
         model, model_dir = load_for_inference(args.model)
@@ -101,8 +157,12 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: --lm {args.lm}: {exc}", file=sys.stderr)
         return 2
-    log_probs, keys, texts, audio, compute, loader = acoustic_outputs(model, shards, args.max_batch_seconds,
-                                                                      args.log_interval_seconds)
+    if corpus is not None:
+        log_probs, keys, texts, audio, compute, listed, excluded = corpus_outputs(
+            model, vocab, corpus, args.max_batch_seconds, args.log_interval_seconds)
+    else:
+        log_probs, keys, texts, audio, compute, listed, excluded = acoustic_outputs(
+            model, shards, args.max_batch_seconds, args.log_interval_seconds)
     refs = [vocab.normalizer(t) for t in texts]
     unknown = unknown_characters(vocab, texts, "references", "the model cannot emit them: each is an error")
     if unknown:
@@ -111,8 +171,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     greedy = [greedy_decode(lp, inverse, vocab.pad_id)[0] for lp in log_probs]
     greedy_seconds = time.perf_counter() - start
-    excluded = loader.diagnostics()["drops"]
-    result = {"utterances": len(refs), "index_utterances": len(loader.table), "excluded": excluded,
+    result = {"utterances": len(refs), "index_utterances": listed, "excluded": excluded,
               "empty_references": sum(1 for r in refs if not r), "audio_seconds": audio,
               "greedy": score(refs, greedy),
               "real_time_factor": {"acoustic_model": compute / audio, "greedy": greedy_seconds / audio}}
