@@ -29,8 +29,9 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
+from w2v.curves import plot_curves, read_metrics
 from w2v.data.labels import vocabulary_from_shards
-from w2v.data.loader import LoaderConfig, SpeechLoader
+from w2v.data.loader import LoaderConfig, SpeechLoader, load_kernels
 from w2v.metrics import ErrorCounts
 from w2v.model import CTCModel, build_processor, check_model_config, load_model, wants_attention_mask
 from w2v.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, parse_signals
@@ -69,11 +70,20 @@ def main(cfg: TrainConfig) -> None:
                               log_with=trackers or None,
                               project_dir=cfg.output_dir, kwargs_handlers=[ddp])
     main_proc = accelerator.is_main_process
-    say = accelerator.print  # progress and reports from rank 0 only; warnings from every rank, labelled
+    say = accelerator.print  # reports and results from rank 0 only, on stdout
+
+    def tell(line: str) -> None:  # progress and warnings from rank 0, on stderr
+        if main_proc:
+            print(line, file=sys.stderr, flush=True)
+
+    if one_rank_of_several(accelerator.num_processes):
+        tell("warning: accelerate launch --cpu --num_processes N starts ONE process (this run has 1 rank); for N "
+             "ranks on the CPU: accelerate launch --multi_gpu --num_processes N train.py …")
     logging.basicConfig(level=logging.WARNING, force=True,
                         format=f"[rank {accelerator.process_index}] %(levelname)s %(name)s: %(message)s")
-    if not on_terminal():  # transformers' own bars (saving a model) would put carriage returns in the log
-        transformers.utils.logging.disable_progress_bar()
+    # transformers' own bars (loading and saving a model) would cut through ours, and put carriage
+    # returns in a log file
+    transformers.utils.logging.disable_progress_bar()
     out = Path(cfg.output_dir)
     # rank 0 decides (a shared file system may show the others another listing), every rank follows
     ckpt = broadcast_object_list([find_checkpoint(out, cfg.resume_from_checkpoint) if main_proc else None])[0]
@@ -122,6 +132,7 @@ def main(cfg: TrainConfig) -> None:
 
     # ---------------------------------------------------------------- data
     ranks = {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
+    started_data = time.perf_counter()
     try:
         train_loader = SpeechLoader(train_shards, loader_config(cfg, use_mask), vocab=vocab,
                                     conv_kernel=conv[0], conv_stride=conv[1], **ranks)
@@ -137,8 +148,18 @@ def main(cfg: TrainConfig) -> None:
     for line in filter(None, unknown):
         say(line)
     updates_per_epoch = math.ceil(len(train_loader) / cfg.gradient_accumulation_steps)
+    planned, compiled = time.perf_counter() - started_data, load_kernels()
+    if planned + compiled > 5:  # numba compiles its kernels on a machine's first run, then loads them
+        tell(f"loader ready in {planned + compiled:.1f} s: epoch plan {planned:.1f} s, decoding kernels "
+             f"{compiled:.1f} s (numba compiles them on a machine's first run and caches them)")
     # a resumed run keeps its length and warm-up (an elastic resume has other epochs), unless asked
     max_steps = cfg.max_steps or saved.get("max_steps") or math.ceil(cfg.num_train_epochs * updates_per_epoch)
+    warmup = cfg.warmup_steps or (saved["warmup_steps"] if "warmup_steps" in saved and not cfg.max_steps
+                                  else int(cfg.warmup_ratio * max_steps))
+    schedule = {"max_steps": max_steps, "warmup_steps": warmup, "learning_rate": cfg.learning_rate,
+                "lr_scheduler_type": cfg.lr_scheduler_type}
+    for line in schedule_warnings(schedule, saved):
+        tell(f"warning: {line}")
     say(f"train: {len(train_loader.table)} utterances, {len(train_loader)} batches per epoch and rank, "
         f"{updates_per_epoch} updates per epoch, {max_steps} updates; planned padding "
         f"{100 * train_loader.padding_fraction():.1f}%; dropped at plan: {train_loader.drops_at_plan() or 'none'}")
@@ -157,8 +178,6 @@ def main(cfg: TrainConfig) -> None:
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
                                   fused=torch.cuda.is_available())  # one kernel per step on a GPU
-    warmup = cfg.warmup_steps or (saved["warmup_steps"] if "warmup_steps" in saved and not cfg.max_steps
-                                  else int(cfg.warmup_ratio * max_steps))
     # Not passed to prepare(): an AcceleratedScheduler would step once per process; ours steps
     # exactly once per optimizer update that really happened.
     scheduler = make_scheduler(optimizer, cfg.lr_scheduler_type, max_steps, warmup, cfg.hold_ratio, cfg.final_lr_scale)
@@ -208,11 +227,13 @@ def main(cfg: TrainConfig) -> None:
             if cfg.log_format == "json":
                 say(json.dumps(finite(record)))
             elif not on_terminal():
-                say(progress_line(record, max_steps, eta(update - start_update, max_steps - start_update,
-                                                         time.monotonic() - started)))
+                tell(progress_line(record, max_steps, eta(update - start_update, max_steps - start_update,
+                                                          time.monotonic() - started)))
         if eval_loader is not None and (update % cfg.eval_steps == 0 or update == max_steps) and not step.stop:
             record, examples = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples)
             write_record(metrics_file, {"update": update, **record}, accelerator)
+            if main_proc:  # the run's curves so far, redrawn at each evaluation
+                plot_curves(*read_metrics(out / "metrics.jsonl"), out / "curves.png")
             # the header first, on a line of its own (not after a progress bar), then its examples
             say(f"\nupdate {update}: eval WER {100 * record['eval_wer']:.2f}%  CER {100 * record['eval_cer']:.2f}% "
                 f"over {record['eval_utterances']} utterances; not scored: {record['eval_excluded'] or 'none'}")
@@ -221,8 +242,7 @@ def main(cfg: TrainConfig) -> None:
             if main_proc and keep_if_best(out, cfg, update, record, model_files):
                 say(f"update {update}: the best {cfg.metric_for_best_model} so far: saved {out / 'best'}")
         if update % cfg.save_steps == 0 or update == max_steps or step.stop:  # the last too: it can go on
-            save_checkpoint(accelerator, out, update, cfg, train_loader, counters,
-                            {"max_steps": max_steps, "warmup_steps": warmup}, model_files)
+            save_checkpoint(accelerator, out, update, cfg, train_loader, counters, schedule, model_files)
         if step.stop:  # every rank agreed in optimizer_step: they all leave after the same update
             bar.close()
             say(f"stopped by {preemption.received or 'a signal on another rank'} after update {update}: "
@@ -294,6 +314,31 @@ def loader_config(cfg: TrainConfig, attention_mask: bool) -> LoaderConfig:
         shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, min_duration=cfg.min_duration,
         max_duration=cfg.max_duration, return_attention_mask=attention_mask, num_workers=cfg.dataloader_num_workers,
         pin_memory=torch.cuda.is_available())
+
+
+def one_rank_of_several(num_processes: int) -> bool:
+    """accelerate launch asked for several processes but started one: with --cpu (and without
+    --multi_gpu) it runs its one-process launcher, which still sets MASTER_ADDR/PORT for them."""
+    env = os.environ
+    return (num_processes == 1 and env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in env
+            and "WORLD_SIZE" not in env)
+
+
+def schedule_warnings(schedule: dict, saved: dict) -> list[str]:
+    """What a user should know about the schedule before training: a warm-up as long as the run,
+    and what changed since the checkpoint a run resumes from (and what applies now)."""
+    lines = []
+    if schedule["warmup_steps"] >= schedule["max_steps"]:
+        lines.append(f"warmup_steps {schedule['warmup_steps']} >= max_steps {schedule['max_steps']}: the whole run is "
+                     "warm-up (the learning rate never reaches its peak); lower warmup_steps or use warmup_ratio")
+    for key, now in schedule.items():
+        then = saved.get(key)
+        if then is None or then == now:
+            continue
+        applies = ("the checkpoint's rate goes on (its optimizer and schedule state hold it)" if key == "learning_rate"
+                   else "the new value shapes the rest of the schedule")
+        lines.append(f"{key} changed since the checkpoint: {then} then, {now} now; {applies}")
+    return lines
 
 
 def texts_with_unknown(loader: SpeechLoader, vocab: Vocabulary) -> list[str]:
@@ -485,9 +530,20 @@ def print_plan(loader: SpeechLoader, cfg: TrainConfig, world: int) -> None:
     print("dry run: nothing trained, no checkpoint written")
 
 
-if __name__ == "__main__":
+def run() -> int:
+    """train.py as a command: its exit status (2: a mistake, said in one line; 130: stopped at once
+    by a second Ctrl-C; a preempted run leaves with PREEMPTED_EXIT_CODE from main)."""
     try:
         main(parse_config())
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, without a checkpoint
+        print("interrupted: no checkpoint of this update; --resume_from_checkpoint auto goes on from the last one",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -631,7 +631,7 @@ def test_logs_written_to_a_file_have_one_line_per_logging_step(cv_shards, tmp_pa
     proc = launch(tmp_path / "log", shards, "--max_steps", "6", "--logging_steps", "2", "--max_batch_size", "2",
                   procs=2)  # stdout and stderr are pipes here, as on a cluster
     assert "\r" not in proc.stdout + proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("update ")]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("update ")]  # progress: stderr
     assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"] and "ETA" in lines[0]
     as_json = train_directly(tmp_path / "json", shards, "--max_steps", "2", "--logging_steps", "1",
                              "--log_format", "json")  # one process, saving its model: no bar of transformers'

@@ -4,8 +4,9 @@ it with `accelerate launch tests/train_with_hooks.py …` (same arguments as tra
 - W2V_TEST_NAN_UPDATE=N: rank 0's loss is NaN in update N (counted from 0 in this process);
 - W2V_TEST_DUMP_GRADIENTS=FILE: rank 0 saves the first update's all-reduced gradients (before
   clipping) to FILE, and the model's gradient checkpointing and layerdrop settings to FILE.json;
-- W2V_TEST_SIGNAL_AT_UPDATE=N (with W2V_TEST_SIGNAL_TO=self|parent): rank 0 sends SIGTERM to
-  itself or to its parent (the `accelerate launch` process) when update N starts;
+- W2V_TEST_SIGNAL_AT_UPDATE=N (with W2V_TEST_SIGNAL_TO=self|parent): rank 0 sends SIGTERM (or
+  W2V_TEST_SIGNAL, W2V_TEST_SIGNAL_TIMES times: SIGINT twice is a double Ctrl-C) to itself or to
+  its parent (the `accelerate launch` process) when update N starts;
 - W2V_TEST_LOGITS_DTYPE=FILE: rank 0 writes the dtype of the CTC head's output in training (what
   autocast really ran) to FILE;
 - W2V_TEST_DUMP_STATES=DIR: every rank saves its parameters, optimizer state and learning rate
@@ -22,13 +23,14 @@ import sys
 import torch
 
 import train
-from w2v.config import parse_config
 
 NAN_UPDATE = int(os.environ.get("W2V_TEST_NAN_UPDATE", "-1"))
 DUMP_GRADIENTS = os.environ.get("W2V_TEST_DUMP_GRADIENTS")
 LOGITS_DTYPE = os.environ.get("W2V_TEST_LOGITS_DTYPE")
 SIGNAL_AT = int(os.environ.get("W2V_TEST_SIGNAL_AT_UPDATE", "-1"))
 SIGNAL_TO = os.environ.get("W2V_TEST_SIGNAL_TO", "self")
+SIGNAL = getattr(signal, os.environ.get("W2V_TEST_SIGNAL", "SIGTERM"))
+SIGNAL_TIMES = int(os.environ.get("W2V_TEST_SIGNAL_TIMES", "1"))
 DUMP_STATES = os.environ.get("W2V_TEST_DUMP_STATES")
 update = -1  # the update whose window is being processed
 real_next_window, real_loss, real_step = train.next_window, train.ctc_loss_sum, train.optimizer_step
@@ -38,7 +40,8 @@ def next_window(*args, **kwargs):
     global update
     update += 1
     if update == SIGNAL_AT and os.environ.get("RANK", "0") == "0":
-        os.kill(os.getppid() if SIGNAL_TO == "parent" else os.getpid(), signal.SIGTERM)
+        for _ in range(SIGNAL_TIMES):
+            os.kill(os.getppid() if SIGNAL_TO == "parent" else os.getpid(), SIGNAL)
     return real_next_window(*args, **kwargs)
 
 
@@ -85,8 +88,4 @@ def optimizer_step(accelerator, model, optimizer, scheduler, *args, **kwargs):
 train.next_window, train.ctc_loss_sum, train.optimizer_step = next_window, ctc_loss_sum, optimizer_step
 
 if __name__ == "__main__":
-    try:
-        train.main(parse_config())
-    except train.ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(train.run())

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from w2v.curves import plot_curves
 from w2v.lm.decode import export_processor_with_lm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,27 +161,6 @@ def write_report(out: Path, minutes: dict[str, float]) -> str:
     ])
     (out / "report.md").write_text(md + "\n")
     return md
-
-
-def plot_curves(losses: list[dict], evals: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    a.plot([r["update"] for r in losses], [r["loss"] for r in losses])
-    a.set_xlabel("update")
-    a.set_ylabel("CTC loss per label")
-    a.set_yscale("log")
-    b.plot([r["update"] for r in evals], [100 * r["eval_wer"] for r in evals], label="WER")
-    b.plot([r["update"] for r in evals], [100 * r["eval_cer"] for r in evals], label="CER")
-    b.set_xlabel("update")
-    b.set_ylabel("dev, greedy (%)")
-    b.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ TMP_SUFFIX = ".tmp"
 
 
 def temporary_dir_beside(path: str | os.PathLike) -> Path:
-    """A new empty folder with a temporary name in the folder of `path`."""
+    """A new empty folder with a temporary name in the folder of `path` (made if it is missing)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX))
 
 
@@ -39,6 +40,7 @@ class AtomicFile:
     def __init__(self, path: str | os.PathLike, *, fsync: bool = True, buffering: int = -1):
         self.path = Path(path)
         self.fsync = fsync
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=TMP_SUFFIX)
         self.tmp = Path(tmp)
         umask = os.umask(0)

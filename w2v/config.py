@@ -9,7 +9,6 @@ The YAML gives defaults, the command line overrides them. `model_config` (a dict
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from w2v.atomic import write_atomic
+from w2v.flags import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -146,13 +146,8 @@ def read_yaml(path: str | Path) -> dict:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {', '.join(_with_suggestion(k, known) for k in unknown)}")
+        raise ConfigError(f"{path}: unknown keys {', '.join(did_you_mean(k, known) for k in unknown)}")
     return values
-
-
-def _with_suggestion(name: str, known: set[str]) -> str:
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    return f"{name} (did you mean {close[0]}?)" if close else name
 
 
 # options whose value Hugging Face's scripts take as a space-separated list of characters
@@ -192,7 +187,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
             yaml_values = read_yaml(config_path)
             del argv[i:i + (1 if "=" in arg else 2)]
             break
-    parser = HfArgumentParser(TrainConfig)
+    parser = HfArgumentParser(TrainConfig, allow_abbrev=False)  # --learning_rat is a typo, not --learning_rate
     parser.add_argument("--config", metavar="FILE.yaml", help="a YAML file whose settings are the defaults that the "
                         "flags override (configs/*.yaml)")
     # YAML values become the defaults the command line overrides
@@ -203,7 +198,7 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
         flags = [a.split("=", 1)[0].lstrip("-") for a in remaining if a.startswith("--")]
         if flags:
             raise ConfigError(f"unknown flag{'s' if len(flags) > 1 else ''} "
-                              + ", ".join("--" + _with_suggestion(f, known).replace("(did you mean ", "(did you mean --")
+                              + ", ".join("--" + did_you_mean(f, known).replace("(did you mean ", "(did you mean --")
                                           for f in flags))
         raise ConfigError(f"values without a flag: {' '.join(remaining)}")
     for key in YAML_ONLY:

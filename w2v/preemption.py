@@ -11,6 +11,9 @@ The signal may reach each rank (srun starting one task per GPU) or only `acceler
 with several processes (torchrun) the launcher passes SIGTERM on to its workers (SIGUSR1 too once
 TORCHELASTIC_SIGNALS_TO_HANDLE lists it) and kills them 30 s later; with one process it passes
 nothing on, so the process asks the kernel for SIGTERM when its launcher dies.
+
+Ctrl-C (SIGINT) at a terminal is the same request from a person: the first one stops the run
+after this update with a checkpoint, like SIGTERM; a second one stops it at once (KeyboardInterrupt).
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ _PR_SET_PDEATHSIG = 1
 
 
 class PreemptionSignal:
-    """Installs handlers for `names` (e.g. ["SIGTERM", "SIGUSR1"]); `received` is the first that came."""
+    """Installs handlers for `names` (e.g. ["SIGTERM", "SIGUSR1"]) and for Ctrl-C; `received` is
+    the first that came."""
 
-    def __init__(self, names: Sequence[str]):
+    def __init__(self, names: Sequence[str], interrupt: bool = True):
         self.received: str | None = None
         for name in names:
             signal.signal(getattr(signal, name), self._handle)
+        if interrupt:
+            signal.signal(signal.SIGINT, self._interrupt)
         if names and "ACCELERATE_MIXED_PRECISION" in os.environ and "TORCHELASTIC_RUN_ID" not in os.environ:
             signal_when_parent_dies(signal.SIGTERM)  # accelerate's one-process launcher forwards nothing
 
@@ -43,6 +49,15 @@ class PreemptionSignal:
         if self.received is None:
             self.received = signal.Signals(signum).name
             print(f"rank {os.environ.get('RANK', '0')}: {self.received}: finishing this update, then a checkpoint",
+                  file=sys.stderr, flush=True)
+
+    def _interrupt(self, signum: int, frame) -> None:
+        if self.received is not None:  # the second Ctrl-C: now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.received = "SIGINT"
+        if os.environ.get("RANK", "0") == "0":
+            print("Ctrl-C: finishing this update, then a checkpoint (Ctrl-C again to stop at once, without one)",
                   file=sys.stderr, flush=True)
 
 

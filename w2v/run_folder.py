@@ -95,8 +95,10 @@ def prepare_output_dir(out: Path, ckpt: Path | None, cfg: TrainConfig, say) -> N
     if cfg.resume_from_checkpoint == "auto":  # this run, requeued before its first checkpoint
         say(f"--resume_from_checkpoint auto: no checkpoint yet, starting afresh (replacing {names})")
     elif not cfg.overwrite_output_dir:
-        raise ConfigError(f"{out} holds another run ({names}): pass --resume_from_checkpoint latest or auto to "
-                          "continue it, or --overwrite_output_dir to replace it, or choose another --output_dir")
+        go_on = ("pass --resume_from_checkpoint latest (or auto) to continue it" if checkpoints(out) else
+                 "it has no checkpoint to continue from: pass --resume_from_checkpoint auto to start afresh in it")
+        raise ConfigError(f"{out} holds another run ({names}): {go_on}, or --overwrite_output_dir to replace it, "
+                          "or choose another --output_dir")
     for path in leftovers:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
@@ -227,6 +229,9 @@ def model_folder_kind(folder: str | Path) -> str:
                              "older train.py): evaluate OUTPUT_DIR/final instead")
         return "checkpoint"
     if not (folder / "config.json").is_file():
+        inside = [f"{folder / name}" for name in ("final", "best") if (folder / name / "config.json").is_file()]
+        if inside:  # a train.py OUTPUT_DIR: its models are in it
+            raise ValueError(f"{folder}: a train.py output folder, not a model: give {' or '.join(inside)}")
         raise ValueError(f"{folder}: not a model folder (no config.json) nor a train.py checkpoint")
     return "model"
 
@@ -236,7 +241,9 @@ def load_for_inference(folder: str | Path) -> tuple[Wav2Vec2ForCTC, Path]:
     (checkpoints/step-N: its weights, and the config, vocabulary and normaliser in its `model/`);
     and the folder that holds the vocabulary and normaliser. A missing folder is a ValueError."""
     from safetensors.torch import load_file
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar: nothing to see for a local folder
     folder = Path(folder)
     if model_folder_kind(folder) == "checkpoint":
         files = folder / CHECKPOINT_MODEL_FILES

@@ -9,11 +9,11 @@ The text is normalised exactly like the training transcripts (pass the training 
 its lower_case / chars_to_ignore / replacements).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 from w2v.config import read_yaml
+from w2v.flags import ArgumentParser
 from w2v.lm.arpa import ArpaError
 from w2v.lm.build import build_lm, read_text_lines
 from w2v.shards.spec import select_shards
@@ -27,7 +27,7 @@ def shard_texts(shards):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="w2v-build-lm", description=__doc__)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="a text file, one sentence per line (.gz allowed)")
     src.add_argument("--shards", help="a shard spec: their transcripts become the LM text")

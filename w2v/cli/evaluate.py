@@ -22,6 +22,7 @@ from pathlib import Path
 
 from transformers import Wav2Vec2ForCTC
 
+from w2v.flags import ArgumentParser
 from w2v.lm.decode import BeamDecoder, find_lm_file, greedy_decode, labels_from_vocab, load_unigrams
 from w2v.metrics import ErrorCounts
 from w2v.model import CTCModel, wants_attention_mask
@@ -43,7 +44,7 @@ from w2v.transcribe import Source, Transcriber, load_audio
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="w2v-evaluate", description=__doc__)
     p.add_argument("--model", required=True,
                    help="a model folder (train.py's OUTPUT_DIR/final or best) or a checkpoint (OUTPUT_DIR/checkpoints/step-N)")
     what = p.add_mutually_exclusive_group(required=True)

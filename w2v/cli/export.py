@@ -20,14 +20,14 @@ import sys
 from pathlib import Path
 
 from w2v.atomic import atomic_dir
+from w2v.flags import ArgumentParser
 from w2v.lm.decode import export_processor_with_lm, find_lm_file, load_unigrams
 
 MODEL_FILES = ("config.json", "vocab.json")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="w2v-export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = ArgumentParser(prog="w2v-export", description=__doc__.split("\n\n")[0], epilog=__doc__)
     p.add_argument("model", help="a model folder (train.py's final/)")
     p.add_argument("--lm", required=True, help="a w2v-build-lm folder or a KenLM file")
     weights = p.add_mutually_exclusive_group(required=True)

@@ -11,16 +11,16 @@ header while it copies them (section order and \\end\\ too); --check also checks
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from w2v.flags import ArgumentParser
 from w2v.lm.arpa import ArpaError
 from w2v.lm.arpa_check import check_arpa  # imports numpy and numba only when a check runs
 from w2v.lm.arpa_fix import fix_arpa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="w2v-fix-arpa", description=__doc__)
     parser.add_argument("src", help="input ARPA file (.gz allowed)")
     parser.add_argument("dst", nargs="?", help="output ARPA file (.gz allowed); not with --check")
     parser.add_argument("--check", action="store_true", help="validate IN for KenLM instead of fixing it")

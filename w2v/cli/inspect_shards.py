@@ -19,18 +19,44 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from w2v.config import ConfigError
 from w2v.data.decode import decode_member
+from w2v.flags import ArgumentParser
 from w2v.shards.index import SAMPLE_RATE, read_index
 from w2v.shards.tar import iter_tar_samples
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="w2v-inspect-shards", description=__doc__)
     p.add_argument("dir", help="a folder made by w2v-make-shards")
     p.add_argument("--n", type=int, default=20, help="random samples to listen to")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help="the training YAML whose text normalisation to apply (default: "
+                                                  "train.py's defaults)")
+    p.add_argument("--vocab", default=None, help="a vocab.json (a model's or a run's): which characters of these "
+                                                 "transcripts, normalised, it lacks (they become [UNK])")
     return p.parse_args(argv)
+
+
+def training_view(shard_dir: Path, config: str | None, vocab_file: str | None) -> dict:
+    """What training makes of these transcripts: the normaliser's vocabulary (its characters with
+    their counts) and, with a vocab.json, the normalised characters outside it (→ [UNK])."""
+    from w2v.config import read_yaml
+    from w2v.data.labels import char_counts, vocabulary_from_shards
+    from w2v.shards.spec import select_shards
+    from w2v.text import TextNormalizer, Vocabulary
+
+    normalizer = TextNormalizer.from_config(read_yaml(config) if config else {})
+    shards = select_shards(str(shard_dir))
+    vocab = vocabulary_from_shards(shards, normalizer)
+    counts = char_counts(shards[0].columns, normalizer, [s.position for s in shards])
+    view = {"normalised_by": config or "train.py's defaults", "vocabulary": vocab, "counts": counts, "unknown": {}}
+    if vocab_file:
+        given = Vocabulary.load(vocab_file, normalizer)
+        view["unknown"] = dict(given.unknown_chars(list(shards[0].columns.texts)).most_common())
+        view["vocab_file"] = vocab_file
+    return view
 
 
 def char_name(ch: str) -> str:
@@ -84,8 +110,14 @@ def extract(shard_dir: Path, by_shard: dict[str, set[str]], audio_dir: Path) -> 
     return rows
 
 
-def render(index: dict, rows: list[dict], stats: dict, chars: Counter, shard_dir: Path) -> str:
+def render(index: dict, rows: list[dict], stats: dict, chars: Counter, shard_dir: Path, view: dict) -> str:
     esc = html.escape
+    trained = "\n".join(
+        f"<tr><td><code>{esc(repr(ch))}</code></td><td>{esc(char_name(ch))}</td><td>{view['counts'].get(ch, '')}</td></tr>"
+        for ch in view["vocabulary"].tokens if len(ch) == 1 and ch != "|")
+    unknown = "".join(f"<li><code>{esc(repr(ch))}</code> {esc(char_name(ch))} ×{n}</li>" for ch, n in view["unknown"].items())
+    unknown_part = (f"<h3>Outside {esc(view['vocab_file'])} (become [UNK])</h3><ul>{unknown or '<li>none</li>'}</ul>"
+                    if "vocab_file" in view else "")
     samples = "\n".join(
         f"<tr><td><audio controls preload='none' src='{esc(r['file'])}'></audio></td>"
         f"<td>{esc(r['text'])}</td><td>{r['duration']:.2f}</td><td>{esc(str(r['source']))}</td>"
@@ -110,7 +142,11 @@ tr:nth-child(even){{background:#f3f3f3}}</style>
 <h2>{len(rows)} random samples, as training hears them</h2>
 <table><tr><th>audio</th><th>transcript (as stored)</th><th>s</th><th>source</th><th>orig Hz</th></tr>
 {samples}</table>
-<h2>Character inventory ({len(chars)} symbols)</h2>
+<h2>What training uses: the vocabulary after normalisation ({esc(view['normalised_by'])})</h2>
+<p>{len(view['vocabulary'])} tokens: [PAD], [UNK], | (the space) and these characters.</p>
+<table><tr><th>char</th><th>name</th><th>count</th></tr>{trained}</table>
+{unknown_part}
+<h2>Character inventory as stored ({len(chars)} symbols, before normalisation)</h2>
 <table><tr><th>char</th><th>name</th><th>count</th></tr>{inventory}</table>
 """
 
@@ -127,15 +163,26 @@ def main(argv=None) -> int:
     if len(durations) == 0:
         print(f"error: {shard_dir} holds no samples", file=sys.stderr)
         return 2
+    try:
+        view = training_view(shard_dir, args.config, args.vocab)
+    except (FileNotFoundError, ValueError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     (out / "audio").mkdir(parents=True, exist_ok=True)
     chars = Counter(ch for s in index["shards"] for t in s["texts"] for ch in t)
     stats = duration_stats(durations)
     save_histogram(durations, out / "durations.png")
     rows = extract(shard_dir, pick_samples(index, args.n, args.seed), out / "audio")
-    (out / "index.html").write_text(render(index, rows, stats, chars, shard_dir), encoding="utf-8")
+    (out / "index.html").write_text(render(index, rows, stats, chars, shard_dir, view), encoding="utf-8")
     print(f"{index['num_samples']} utterances, {durations.sum() / 3600:.3f} h; "
           f"median {stats['p50']:.2f} s, p95 {stats['p95']:.2f} s, max {stats['p100']:.2f} s; "
-          f"{len(chars)} distinct characters")
+          f"{len(chars)} distinct characters as stored")
+    letters = "".join(tok for tok in view["vocabulary"].tokens if len(tok) == 1 and tok != "|")
+    print(f"training vocabulary, normalised by {view['normalised_by']}: {len(view['vocabulary'])} tokens; "
+          f"characters: {letters}")
+    if "vocab_file" in view:
+        outside = ", ".join(f"{ch!r}×{n}" for ch, n in view["unknown"].items()) or "none"
+        print(f"outside {view['vocab_file']} (→ [UNK]): {outside}")
     print(f"report: {out / 'index.html'}")
     return 0
 

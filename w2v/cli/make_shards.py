@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from w2v.flags import ArgumentParser
 from w2v.progress import LOG_INTERVAL_SECONDS
 from w2v.shards.audio import CODECS, RESAMPLERS
 from w2v.shards.corpus import FORMATS, CorpusError, open_corpus, parse_placeholders
@@ -19,7 +20,7 @@ from w2v.shards.sharding import ShardOptions, make_shards, utterance_seconds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="w2v-make-shards", description=__doc__)
     p.add_argument("src", help="a corpus: Common Voice TSV or folder, LibriSpeech split folder, manifest "
                                "(JSONL/JSON/CSV/TSV, NeMo), Hugging Face parquet or save_to_disk folder, Kaldi data "
                                "dir, Lhotse cut or supervision set, SpeechBrain CSV/JSON")
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         corpus = open_corpus(args.src, args.format, args.split, args.audio_column, args.text_column,
                              parse_placeholders(args.placeholder))
-        part = part_from_environment(args.num_parts, args.part)
+        # the dry run lists every part: --num-parts is enough for it
+        part = None if args.dry_run and args.num_parts else part_from_environment(args.num_parts, args.part)
     except (CorpusError, PartsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,15 +8,15 @@ DIR/index.json and DIR/skipped.jsonl. Exit codes: 0 merged; 2 a part is missing 
 DIR is not a folder of parts (nothing is written then).
 """
 
-import argparse
 import sys
 from pathlib import Path
 
+from w2v.flags import ArgumentParser
 from w2v.shards.parts import PartsError, merge_parts
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="w2v-merge-shards", description=__doc__)
     p.add_argument("dir", help="the --out folder of the parts")
     args = p.parse_args(argv)
     try:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from w2v.flags import ArgumentParser
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 from w2v.run_folder import model_folder_kind
 from w2v.transcribe import InputError, Inputs, Result, Transcriber
@@ -32,8 +33,7 @@ FORMATS = ("jsonl", "txt", "srt", "vtt")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="w2v-transcribe", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = ArgumentParser(prog="w2v-transcribe", description=__doc__.split("\n\n")[0], epilog=__doc__)
     p.add_argument("model", help="a model folder (train.py's final/ or best/, one made by w2v-export) or a "
                                  "checkpoint (OUTPUT_DIR/checkpoints/step-N)")
     p.add_argument("inputs", nargs="+", help="audio files, folders, manifests (.jsonl/.json/.csv/.tsv), corpus "

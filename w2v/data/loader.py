@@ -145,14 +145,18 @@ class _Batcher:
 _kernels_ready = False
 
 
-def _load_kernels() -> None:
-    """Compile or load this process's numba kernels now, before DataLoader forks its workers: they
-    inherit them instead of each loading them from the cache again every epoch."""
+def load_kernels() -> float:
+    """Compile or load this process's numba kernels (FLAC decoding, normalise + pad) now; the
+    seconds it took. Called before DataLoader forks its workers (they inherit the kernels instead
+    of each loading them from the cache again every epoch), and by train.py before its first
+    update, so that a first run's compilation is not counted as waiting for batches."""
     global _kernels_ready
+    start = time.perf_counter()
     if not _kernels_ready:
         decode_flac(encode(np.zeros(64, np.int16), "flac"))
         normalize_and_pad([np.zeros(8, np.int16)])
         _kernels_ready = True
+    return time.perf_counter() - start
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -280,7 +284,7 @@ class SpeechLoader:
         if self.cfg.num_workers == 0:  # in process: no DataLoader, whose per-batch conversion walks every key
             source = iter(_EpochStream(self))
         else:
-            _load_kernels()
+            load_kernels()
             # A forked worker's garbage collections would write to every object of the parent (torch's,
             # transformers', the model's: ~100 MB), turning the shared pages into private copies.
             # Frozen objects are never visited; the parent unfreezes once its workers are started.

@@ -19,6 +19,7 @@ no column for them) are cut off with `size`, so the labels match the logits' wid
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import tempfile
@@ -130,6 +131,8 @@ def build_lm_decoder(labels: Sequence[str], lm_path: str | os.PathLike | None,
     Unigrams default to unigrams.txt beside the model; an ARPA without one is read by pyctcdecode."""
     from pyctcdecode import build_ctcdecoder
 
+    # "Only N unigrams passed as vocabulary. Is this small or artificial data?": nothing to act on
+    logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
     if lm_path is None:
         return build_ctcdecoder(list(labels))
     lm_file = find_lm_file(lm_path)
@@ -230,13 +233,27 @@ def export_processor_with_lm(model_dir: str | os.PathLike, lm_dir: str | os.Path
     which is where pipeline() looks for "WithLM" (else it silently decodes greedily).
     """
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ProcessorWithLM
+    from transformers.utils import logging as hf_logging
 
-    model_dir = Path(model_dir)
+    # its deprecation notice and save bars say nothing the user can act on here: the folder is
+    # made for pipeline(), and w2v-transcribe reads language_model/ without that class
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return _save_with_lm(Path(model_dir), lm_dir, alpha, beta, unigrams, Wav2Vec2FeatureExtractor,
+                             Wav2Vec2ProcessorWithLM)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _save_with_lm(model_dir: Path, lm_dir, alpha: float, beta: float, unigrams, extractor_class,
+                  processor_class) -> Path:
     tokenizer = _ctc_tokenizer(model_dir)
     width = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     decoder = build_lm_decoder(tokenizer_labels(tokenizer, width), lm_dir, unigrams, alpha, beta)
-    extractor = Wav2Vec2FeatureExtractor.from_pretrained(model_dir)
-    processor = Wav2Vec2ProcessorWithLM(feature_extractor=extractor, tokenizer=tokenizer, decoder=decoder)
+    extractor = extractor_class.from_pretrained(model_dir)
+    processor = processor_class(feature_extractor=extractor, tokenizer=tokenizer, decoder=decoder)
     # Saved beside, then moved in, so a failure leaves the folder as it was; pyctcdecode's
     # save_to_dir also refuses an existing language_model/. The dot keeps it out of pyctcdecode's listing.
     with tempfile.TemporaryDirectory(dir=model_dir, prefix=".export-lm-") as tmp:

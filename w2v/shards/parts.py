@@ -95,12 +95,23 @@ def record_plan(out: Path, part: Part, plan: dict) -> dict:
     finally:
         tmp.unlink(missing_ok=True)
     recorded = json.loads(path.read_text(encoding="utf-8"))
-    differences = [f"{key}: the plan has {recorded.get(key)!r}, this part {value!r}"
-                   for key, value in plan.items() if recorded.get(key) != value]
+    differences = settings_differences(recorded, plan, "the plan", f"part {part.index}")
     if differences:
         raise PartsError(f"{path} was made for another split or other settings (part {part.index}):\n  "
                          + "\n  ".join(differences))
     return recorded
+
+
+def settings_differences(ours: dict, theirs: dict, our_name: str, their_name: str, prefix: str = "") -> list[str]:
+    """Each setting that differs, by its dotted name: `options.codec: flac in the plan, wav in part 1`."""
+    out = []
+    for key in sorted(set(ours) | set(theirs), key=str):
+        mine, other = ours.get(key), theirs.get(key)
+        if isinstance(mine, dict) and isinstance(other, dict):
+            out += settings_differences(mine, other, our_name, their_name, f"{prefix}{key}.")
+        elif mine != other:
+            out.append(f"{prefix}{key}: {mine!r} in {our_name}, {other!r} in {their_name}")
+    return out
 
 
 def clear_part(out: Path, prefix: str, part: Part) -> None:
@@ -166,8 +177,12 @@ def _merge_into(out: Path, plan: dict, parts: list[Part], totals: dict, skipped:
         for part in parts:
             files = part_files(out, part)
             part_index = json.loads(files["index"].read_text(encoding="utf-8"))
-            if part_index.get("options") != plan["options"] or part_index.get("source") != plan["source"]:
-                raise PartsError(f"part {part.index} was made with other settings than {PLAN_NAME}")
+            made_with = {"options": part_index.get("options"), "source": part_index.get("source")}
+            differences = settings_differences({"options": plan["options"], "source": plan["source"]}, made_with,
+                                               PLAN_NAME, f"part {part.index}")
+            if differences:
+                raise PartsError(f"part {part.index} was made with other settings than {PLAN_NAME}:\n  "
+                                 + "\n  ".join(differences))
             for shard in part_index["shards"]:
                 index.write((b"" if first else b", ") + json.dumps(shard, ensure_ascii=False).encode())
                 columns.add_shard(shard)
