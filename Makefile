@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 # torch and torchaudio must be a matched pair (torchaudio fails to import beside another torch,
 # and transformers imports torchaudio when present): install them together, first.
 TORCH_PKGS := torch==2.14.1 torchaudio==2.11.0
-APT_PKGS := espeak-ng sox libsox-fmt-mp3 flac lame ffmpeg fortunes cmake build-essential \
+APT_PKGS := espeak-ng sox libsox-fmt-mp3 flac lame ffmpeg fortunes cmake build-essential libtcmalloc-minimal4 \
 	libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev \
 	zlib1g-dev libbz2-dev liblzma-dev
 

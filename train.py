@@ -12,6 +12,11 @@ ranks, so batch size, accumulation and world size do not change the gradient.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # as a command: start again with tcmalloc when there is one, before torch loads
+    from w2v.host_memory import use_tcmalloc
+
+    use_tcmalloc()
+
 import contextlib
 import json
 import logging
@@ -32,6 +37,7 @@ from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_pre
 from w2v.curves import plot_curves, read_metrics
 from w2v.data.labels import vocabulary_from_shards
 from w2v.data.loader import LoaderConfig, SpeechLoader, load_kernels
+from w2v.host_memory import estimate, loaded, rss_mb
 from w2v.metrics import ErrorCounts
 from w2v.model import CTCModel, build_processor, check_model_config, load_model, wants_attention_mask
 from w2v.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, parse_signals
@@ -160,6 +166,11 @@ def main(cfg: TrainConfig) -> None:
                 "lr_scheduler_type": cfg.lr_scheduler_type}
     for line in schedule_warnings(schedule, saved):
         tell(f"warning: {line}")
+    memory = estimate(model.config, sum(p.numel() for p in model.parameters()), cfg.max_batch_seconds,
+                      cfg.num_buckets, train_loader.cfg.lookahead, cfg.dataloader_num_workers, torch.cuda.is_available())
+    allocator = loaded()
+    say(f"{memory.describe()}; allocator {allocator}"
+        + (" (install libtcmalloc-minimal4 to keep it flat: docs/memory.md)" if allocator == "glibc" else ""))
     say(f"train: {len(train_loader.table)} utterances, {len(train_loader)} batches per epoch and rank, "
         f"{updates_per_epoch} updates per epoch, {max_steps} updates; planned padding "
         f"{100 * train_loader.padding_fraction():.1f}%; dropped at plan: {train_loader.drops_at_plan() or 'none'}")
@@ -459,6 +470,7 @@ class LogWindow:
             "loader_wait_seconds": wait_sum,
             "loader_wait_seconds_max_rank": wait_max,
             "world_size": accelerator.num_processes,
+            "host_rss_mb_max_rank": accelerator.reduce(torch.tensor(rss_mb(), device=accelerator.device), "max").item(),
             "epoch": self.loader.epoch,
             "drops": dict(drops),
             "remote_retries": retries,

@@ -88,4 +88,7 @@ def optimizer_step(accelerator, model, optimizer, scheduler, *args, **kwargs):
 train.next_window, train.ctc_loss_sum, train.optimizer_step = next_window, ctc_loss_sum, optimizer_step
 
 if __name__ == "__main__":
+    from w2v.host_memory import use_tcmalloc
+
+    use_tcmalloc()  # as train.py does
     sys.exit(train.run())
