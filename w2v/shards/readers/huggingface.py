@@ -20,7 +20,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from w2v.shards.readers.manifest import KEY_COLUMNS, TEXT_COLUMNS
+from w2v.shards.readers.manifest import KEY_COLUMNS, TEXT_COLUMNS, find_column
 from w2v.shards.utterance import Corpus, CorpusError, Keys, Utterance, source_meta, text_problem
 
 ROWS_AT_ONCE = 32  # rows turned into Python objects together: bounds memory to a few recordings
@@ -101,13 +101,8 @@ class HuggingFaceCorpus(Corpus):
         self.src = src
         schema = self._schema(self.files[0])
         self.audio_col = self._audio_column(schema, audio_column)
-        names = schema.names
-        if text_column is not None and text_column not in names:
-            raise CorpusError(f"{self.files[0]}: no column {text_column!r} (--text-column); columns: {', '.join(names)}")
-        self.text_col = text_column or next((c for c in TEXT_COLUMNS if c in names), None)
-        if self.text_col is None and text_required:
-            raise CorpusError(f"{self.files[0]}: no text column (one of {', '.join(TEXT_COLUMNS)}; or name it with "
-                              f"--text-column); columns: {', '.join(names)}")
+        self.text_col = find_column(self.files[0], schema.names, text_column, TEXT_COLUMNS, "text",
+                                    required=text_required)
 
     def describe(self) -> dict:
         return {"format": self.format, "path": str(self.src.resolve()), "files": [f.name for f in self.files]}
@@ -120,10 +115,7 @@ class HuggingFaceCorpus(Corpus):
 
     def _audio_column(self, schema, given: str | None) -> str:
         if given is not None:
-            if given not in schema.names:
-                raise CorpusError(f"{self.files[0]}: no column {given!r} (--audio-column); columns: "
-                                  f"{', '.join(schema.names)}")
-            return given
+            return find_column(self.files[0], schema.names, given, (), "audio")
         features = json.loads((schema.metadata or {}).get(b"huggingface", b"{}")).get("info", {}).get("features", {})
         for name, feature in features.items():  # what datasets recorded as its Audio feature
             if isinstance(feature, dict) and feature.get("_type") == "Audio" and name in schema.names:

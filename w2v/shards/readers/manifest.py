@@ -208,14 +208,16 @@ def _pick(columns: list[str], wanted: tuple[str, ...]) -> str | None:
     return next((c for c in wanted if c in columns), None)
 
 
-def find_column(path: Path, columns: list[str], given: str | None, names: tuple[str, ...], what: str) -> str:
-    """The column named by `--{what}-column`, else the first of `names` present."""
+def find_column(path: Path, columns: list[str], given: str | None, names: tuple[str, ...], what: str,
+                required: bool = True) -> str | None:
+    """The column named by `--{what}-column`, else the first of `names` present; when there is
+    none, a CorpusError that lists the columns (or None, when it is not `required`)."""
     if given is not None:
         if given not in columns:
             raise CorpusError(f"{path}: no column {given!r} (--{what}-column); columns: {', '.join(columns)}")
         return given
     found = _pick(columns, names)
-    if found is None:
+    if found is None and required:
         raise CorpusError(f"{path}: no {what} column (one of {', '.join(names)}; or name it with "
                           f"--{what}-column); columns: {', '.join(columns)}")
     return found
@@ -243,8 +245,7 @@ def open_manifest(path: Path, audio_column: str | None = None, text_column: str 
     if not columns or corpus.count() == 0:
         raise CorpusError(f"{path}: no rows")
     corpus.audio_col = find_column(path, columns, audio_column, AUDIO_COLUMNS, "audio")
-    if text_required or text_column is not None or _pick(columns, TEXT_COLUMNS):
-        corpus.text_col = find_column(path, columns, text_column, TEXT_COLUMNS, "text")
+    corpus.text_col = find_column(path, columns, text_column, TEXT_COLUMNS, "text", required=text_required)
     _check_span_columns(path, columns)
     return corpus
 

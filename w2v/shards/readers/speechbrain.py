@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from w2v.shards.readers.manifest import find_column
 from w2v.shards.utterance import (
     Corpus,
     CorpusError,
@@ -75,12 +76,7 @@ class SpeechBrainCorpus(Corpus):
         fields = list(first[1] or {})
         if "wav" not in fields:
             raise CorpusError(f"{path}: a SpeechBrain manifest needs a wav field; fields: {', '.join(fields)}")
-        if text_column is not None and text_column not in fields:
-            raise CorpusError(f"{path}: no field {text_column!r} (--text-column); fields: {', '.join(fields)}")
-        self.text_col = text_column or next((f for f in TEXT_FIELDS if f in fields), None)
-        if self.text_col is None and text_required:
-            raise CorpusError(f"{path}: no transcript field (one of {', '.join(TEXT_FIELDS)}; or --text-column); "
-                              f"fields: {', '.join(fields)}")
+        self.text_col = find_column(path, fields, text_column, TEXT_FIELDS, "text", required=text_required)
         missing = sorted({name for value in (first[1] or {}).values() if isinstance(value, str)
                           for name in PLACEHOLDER.findall(value)} - set(self.placeholders))
         if missing:
