@@ -51,7 +51,7 @@ from w2v.run_folder import (
     save_checkpoint,
     save_final,
 )
-from w2v.schedule import SCHEDULES, make_scheduler
+from w2v.schedule import SCHEDULES, make_scheduler, schedule_warnings
 from w2v.scoring import (
     EVAL_BATCH_SECONDS,
     ctc_sum,
@@ -333,23 +333,6 @@ def one_rank_of_several(num_processes: int) -> bool:
     env = os.environ
     return (num_processes == 1 and env.get("ACCELERATE_USE_CPU", "").lower() == "true" and "MASTER_PORT" in env
             and "WORLD_SIZE" not in env)
-
-
-def schedule_warnings(schedule: dict, saved: dict) -> list[str]:
-    """What a user should know about the schedule before training: a warm-up as long as the run,
-    and what changed since the checkpoint a run resumes from (and what applies now)."""
-    lines = []
-    if schedule["warmup_steps"] >= schedule["max_steps"]:
-        lines.append(f"warmup_steps {schedule['warmup_steps']} >= max_steps {schedule['max_steps']}: the whole run is "
-                     "warm-up (the learning rate never reaches its peak); lower warmup_steps or use warmup_ratio")
-    for key, now in schedule.items():
-        then = saved.get(key)
-        if then is None or then == now:
-            continue
-        applies = ("the checkpoint's rate goes on (its optimizer and schedule state hold it)" if key == "learning_rate"
-                   else "the new value shapes the rest of the schedule")
-        lines.append(f"{key} changed since the checkpoint: {then} then, {now} now; {applies}")
-    return lines
 
 
 def texts_with_unknown(loader: SpeechLoader, vocab: Vocabulary) -> list[str]:

@@ -52,3 +52,20 @@ def make_scheduler(optimizer: Optimizer, kind: str, total: int, warmup: int, hol
     if kind == "constant":
         return LambdaLR(optimizer, lambda s: constant(s, warmup))
     raise ValueError(f"unknown lr_scheduler_type {kind!r}; choose one of {SCHEDULES}")
+
+
+def schedule_warnings(schedule: dict, saved: dict) -> list[str]:
+    """What a user should know about the schedule before training: a warm-up as long as the run,
+    and what changed since the checkpoint a run resumes from (and what applies now)."""
+    lines = []
+    if schedule["warmup_steps"] >= schedule["max_steps"]:
+        lines.append(f"warmup_steps {schedule['warmup_steps']} >= max_steps {schedule['max_steps']}: the whole run is "
+                     "warm-up (the learning rate never reaches its peak); lower warmup_steps or use warmup_ratio")
+    for key, now in schedule.items():
+        then = saved.get(key)
+        if then is None or then == now:
+            continue
+        applies = ("the checkpoint's rate goes on (its optimizer and schedule state hold it)" if key == "learning_rate"
+                   else "the new value shapes the rest of the schedule")
+        lines.append(f"{key} changed since the checkpoint: {then} then, {now} now; {applies}")
+    return lines
