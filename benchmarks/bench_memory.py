@@ -90,7 +90,8 @@ def children(pid: int) -> list[int]:
 def watch(cmd: list[str], progress: Path, env: dict) -> list[dict]:
     """Run `cmd`, reading its memory (and its children's) once a second; `progress` is a file whose
     last line says the update reached (metrics.jsonl, or the HF child's own)."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty child must never block on it
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     samples = []
     while proc.poll() is None:
         update = 0
@@ -105,7 +106,9 @@ def watch(cmd: list[str], progress: Path, env: dict) -> list[dict]:
                             "workers_private": [w.get("private", 0) for w in workers if w]})
         time.sleep(1.0)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} … failed:\n{proc.stderr.read()[-3000:]}")
+        log.seek(0)
+        raise SystemExit(f"{' '.join(cmd[:3])} … failed:\n{log.read()[-3000:]}")
+    log.close()
     return samples
 
 
