@@ -379,3 +379,35 @@ def test_evaluate_scores_a_corpus_as_it_scores_its_shards(memorised, commonvoice
         (reason, list(expected.skipped.values()).count(reason)) for reason in set(expected.skipped.values()))
     assert corpus["greedy"]["words"] == sharded["greedy"]["words"]
     assert corpus["greedy"]["cer"] == pytest.approx(sharded["greedy"]["cer"], abs=0.02)
+
+
+def test_what_review_found_readers_must_not_lose_or_crash_on(clips, tmp_path):
+    """A JSONL of segments with Lhotse-like columns is a manifest; keys stay unique whatever the
+    names; Kaldi tables split on any white space; a Lhotse line that is not JSON is listed."""
+    shutil.copy(clips[0], tmp_path / "a.wav")
+    rows = [{"audio": "a.wav", "text": "hi", "recording_id": "r1", "start": 0.0, "duration": 0.5, "id": "a"},
+            {"audio": "a.wav", "text": "hi", "id": "a"}, {"audio": "a.wav", "text": "hi", "id": "a_1"}]
+    (tmp_path / "seg.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = open_corpus(tmp_path / "seg.jsonl")
+    keys = [u.key for u in corpus.utterances()]
+    assert corpus.format == "manifest" and len(set(keys)) == 3 and corpus.count() == 3
+    kaldi = tmp_path / "k"
+    kaldi.mkdir()
+    (kaldi / "wav.scp").write_text(f"r1\t{tmp_path / 'a.wav'}\n")
+    (kaldi / "text").write_text("r1\thello there\n")
+    [utt] = list(open_corpus(kaldi).utterances())
+    assert utt.problem is None and utt.text == "hello there" and utt.audio == tmp_path / "a.wav"
+    from lhotse import Recording, RecordingSet
+
+    RecordingSet.from_recordings([Recording.from_file(clips[0], recording_id="r1")]).to_file(
+        tmp_path / "x_recordings_t.jsonl")
+    (tmp_path / "x_supervisions_t.jsonl").write_bytes(
+        b'{"id": "s1", "recording_id": "r1", "start": 0.0, "duration": 0.5, "text": "hi"}\n\xff\xfe not json\n')
+    corpus = open_corpus(tmp_path / "x_supervisions_t.jsonl")
+    assert [u.problem for u in corpus.utterances()] == [None, "bad_manifest_line"] and corpus.count() == 2
+
+
+def test_transcribe_takes_audio_of_any_name(tiny_model, clips, tmp_path):
+    shutil.copy(clips[0], tmp_path / "recording.audio")  # a suffix no reader knows: the decoder decides
+    code, out, err = transcribe(tiny_model, tmp_path / "recording.audio")
+    assert code == 0 and out[0]["path"] == str(tmp_path / "recording.audio"), err

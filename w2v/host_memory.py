@@ -34,9 +34,14 @@ LIBRARIES = ("tcmalloc_minimal", "tcmalloc")
 
 
 def loaded() -> str:
-    """"tcmalloc" when this process runs with it, else "glibc"."""
-    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-        return "tcmalloc" if "libtcmalloc" in maps.read() else "glibc"
+    """The allocator this process runs with: "tcmalloc", "jemalloc", "glibc", or "unknown" where
+    /proc does not say (not Linux)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            mapped = maps.read()
+    except OSError:
+        return "unknown"
+    return next((name for name in ("tcmalloc", "jemalloc") if f"lib{name}" in mapped), "glibc")
 
 
 def find_tcmalloc() -> str | None:
@@ -49,12 +54,14 @@ def use_tcmalloc() -> None:
     (and W2V_ALLOCATOR is not `system`); else return and go on with the allocator there is."""
     if os.environ.get("W2V_ALLOCATOR", "tcmalloc") == "system" or not sys.platform.startswith("linux"):
         return
-    if "tcmalloc" in os.environ.get("LD_PRELOAD", ""):  # done (or tried: never a second time)
+    preloaded = os.environ.get("LD_PRELOAD", "")
+    if os.environ.get("W2V_ALLOCATOR_EXECUTED") or "malloc" in preloaded:  # tried once; or the user chose one
         return
     library = find_tcmalloc()
     if library is None:
         return
-    os.environ["LD_PRELOAD"] = ":".join(filter(None, (library, os.environ.get("LD_PRELOAD"))))
+    os.environ["LD_PRELOAD"] = ":".join(filter(None, (library, preloaded)))
+    os.environ["W2V_ALLOCATOR_EXECUTED"] = "1"  # never a second time, whatever happens to LD_PRELOAD
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
@@ -123,9 +130,12 @@ def estimate(config, parameters: int, max_batch_seconds: float, num_buckets: int
 
 
 def rss_mb() -> float:
-    """This process's resident memory now, in MB."""
-    with open("/proc/self/status", encoding="utf-8") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+    """This process's resident memory now, in MB (NaN where /proc does not say)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return math.nan

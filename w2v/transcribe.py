@@ -40,7 +40,7 @@ from w2v.scoring import log_probs
 from w2v.shards.audio import TARGET_SR, AudioError, resample, to_mono
 from w2v.shards.corpus import Corpus, CorpusError, open_corpus
 from w2v.shards.readers.audio_folder import AUDIO_SUFFIXES, AudioFolder
-from w2v.shards.sharding import decode_utterance
+from w2v.shards.sharding import DecodedRecording, decode_utterance
 from w2v.shards.utterance import FileRange, Utterance
 from w2v.text import WORD_DELIMITER, TextNormalizer, Vocabulary
 
@@ -98,16 +98,19 @@ class Inputs:
     Each input's `name` is unique: its path under the folder given (or its key in a manifest),
     `_2`, `_3` added to a name given again."""
 
-    def __init__(self, arguments: Iterable[str], audio_column: str | None = None):
-        self.groups = [self._open(Path(a), audio_column) for a in arguments]
+    def __init__(self, arguments: Iterable[str], audio_column: str | None = None, split: str | None = None,
+                 placeholders: dict[str, str] | None = None):
+        self.groups = [self._open(Path(a), audio_column, split, placeholders) for a in arguments]
 
     @staticmethod
-    def _open(path: Path, audio_column: str | None) -> tuple[int, Callable[[], Iterator[Source]]]:
+    def _open(path: Path, audio_column: str | None, split: str | None,
+              placeholders: dict[str, str] | None) -> tuple[int, Callable[[], Iterator[Source]]]:
         if path.is_dir() and (path / "index.json").is_file():
             members = _shard_members(path)
             return len(members), lambda: iter(members)
         try:
-            corpus = open_corpus(path, audio_column=audio_column, text_required=False)
+            corpus = open_corpus(path, split=split, audio_column=audio_column, placeholders=placeholders,
+                                 text_required=False)
         except CorpusError as exc:
             raise InputError(str(exc)) from None
         return corpus.count(), lambda: (_source(u, corpus) for u in corpus.utterances())
@@ -161,10 +164,11 @@ def _shard_members(folder: Path) -> list[Source]:
 # --- audio -------------------------------------------------------------------------------------
 
 
-def load_audio(source: Source) -> np.ndarray:
-    """float32 mono samples at 16 kHz (its channel and span only, as at sharding); AudioError with
+def load_audio(source: Source, recording: DecodedRecording | None = None) -> np.ndarray:
+    """float32 mono samples at 16 kHz (its channel and span only, as at sharding; `recording`: the
+    last one decoded, which the segments of one recording listed together reuse); AudioError with
     a short reason when it cannot be read."""
-    data, rate = decode_utterance(source.utt)
+    data, rate, _ = decode_utterance(source.utt, recording)
     wave = to_mono(data)
     return resample(wave, rate) if rate != TARGET_SR else wave.astype(np.float32, copy=False)
 
@@ -222,6 +226,7 @@ class Transcriber:
     def __init__(self, model, vocab: Vocabulary, decoder: BeamDecoder | None = None, device: str = "cpu",
                  chunk_seconds: float = 30.0, stride_seconds: float | None = None, batch_seconds: float = 160.0):
         self.model = model.eval().to(device)
+        self.recording = DecodedRecording()  # segments of one recording listed together: decoded once
         self.acoustic = CTCModel(self.model)  # the forward that scoring uses: logits → fp32 log-probs
         self.vocab, self.decoder, self.device = vocab, decoder, device
         self.ratio = int(np.prod(model.config.conv_stride))  # samples per output frame
@@ -285,7 +290,7 @@ class Transcriber:
                 results.append(Result(source.path, source.name, error=source.problem))
                 continue
             try:
-                wave = load_audio(source)
+                wave = load_audio(source, self.recording)
             except AudioError as exc:  # the reason, and the detail when it says more than the path
                 detail = exc.detail.removeprefix(source.path).lstrip(": ")
                 results.append(Result(source.path, source.name, error=f"{exc.reason}: {detail}" if detail else exc.reason))

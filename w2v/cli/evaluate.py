@@ -36,7 +36,7 @@ from w2v.scoring import (
     unknown_characters,
 )
 from w2v.shards.audio import AudioError
-from w2v.shards.corpus import Corpus, CorpusError, Utterance, open_corpus
+from w2v.shards.corpus import FORMATS, Corpus, CorpusError, Utterance, open_corpus, parse_placeholders
 from w2v.shards.sharding import MIN_DECODED_SECONDS
 from w2v.shards.spec import select_shards
 from w2v.text import TextNormalizer, Vocabulary
@@ -52,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     what.add_argument("--corpus", help="or a corpus in any layout w2v-make-shards reads (audio and transcripts, "
                                        "not sharded): read, resampled and scored as they are")
     p.add_argument("--split", default=None, help="--corpus: the split, for a layout with several")
+    p.add_argument("--format", default="auto", choices=[f for f in FORMATS if f != "audio"],
+                   help="--corpus: its layout (default: detected)")
+    p.add_argument("--audio-column", default=None, help="--corpus: the column that names the audio")
+    p.add_argument("--text-column", default=None, help="--corpus: the column of the transcripts")
+    p.add_argument("--placeholder", action="append", default=None, metavar="NAME=VALUE",
+                   help="--corpus, SpeechBrain: the value of $NAME in its fields; repeatable")
     p.add_argument("--index", default=None, help="index.json for pipe:/URL shards")
     p.add_argument("--lm", default=None, help="a folder from w2v-build-lm (or an .arpa/.bin file)")
     p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
@@ -102,7 +108,7 @@ def corpus_outputs(model: Wav2Vec2ForCTC, vocab: Vocabulary, corpus: Corpus, max
         waves, order = {}, []
         for utt in group:
             try:
-                wave = load_audio(Source(utt.source, utt))
+                wave = load_audio(Source(utt.source, utt), transcriber.recording)
             except AudioError as exc:
                 excluded[exc.reason] += 1
                 continue
@@ -115,7 +121,7 @@ def corpus_outputs(model: Wav2Vec2ForCTC, vocab: Vocabulary, corpus: Corpus, max
         log_probs = transcriber.log_probs_of(waves)
         seconds[1] += time.perf_counter() - start
         seconds[0] += sum(len(w) for w in waves.values()) / 16000
-        for utt in order:
+        for utt in order:  # keys are unique in a corpus (w2v.shards.utterance.Keys)
             outputs.append(log_probs[utt.key])
             keys.append(utt.key)
             texts.append(utt.text)
@@ -142,7 +148,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:  # every path is checked before the model loads
         shards = select_shards(args.shards, args.index) if args.shards else None
-        corpus = open_corpus(args.corpus, split=args.split) if args.corpus else None
+        corpus = open_corpus(args.corpus, args.format, args.split, args.audio_column, args.text_column,
+                             parse_placeholders(args.placeholder)) if args.corpus else None
     except (ValueError, CorpusError) as exc:
         print(f"error: {'--shards ' + args.shards if args.shards else '--corpus ' + args.corpus}: {exc}", file=sys.stderr)
         return 2
@@ -175,7 +182,7 @@ def main(argv=None) -> int:
     result = {"utterances": len(refs), "index_utterances": listed, "excluded": excluded,
               "empty_references": sum(1 for r in refs if not r), "audio_seconds": audio,
               "greedy": score(refs, greedy),
-              "real_time_factor": {"acoustic_model": compute / audio, "greedy": greedy_seconds / audio}}
+              "real_time_factor": {"acoustic_model": compute / max(audio, 1e-9), "greedy": greedy_seconds / max(audio, 1e-9)}}
     lm_hyps = None
     if lm_file is not None:
         labels = labels_from_vocab(vocab.tokens, size=log_probs[0].shape[-1] if log_probs else None,
@@ -197,7 +204,7 @@ def main(argv=None) -> int:
                 if best is None or (figures["wer"], figures["cer"]) < (best[0]["wer"], best[0]["cer"]):
                     best = (figures, hyps, seconds)
         result["lm"] = {**best[0], "lm": str(lm_file), "beam_width": args.beam_width}
-        result["real_time_factor"]["lm"] = best[2] / audio
+        result["real_time_factor"]["lm"] = best[2] / max(audio, 1e-9)
         if args.tune:
             result["grid"] = grid
         lm_hyps = best[1]

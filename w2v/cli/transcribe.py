@@ -27,6 +27,7 @@ from typing import TextIO
 from w2v.flags import ArgumentParser
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 from w2v.run_folder import model_folder_kind
+from w2v.shards.corpus import CorpusError, parse_placeholders
 from w2v.transcribe import InputError, Inputs, Result, Transcriber
 
 FORMATS = ("jsonl", "txt", "srt", "vtt")
@@ -47,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=None, help="word bonus (default: the exported one, else 1.0)")
     p.add_argument("--beam-width", type=int, default=64)
     p.add_argument("--audio-column", default=None, help="the manifest column that names the audio")
+    p.add_argument("--split", default=None, help="the split of a corpus layout with several (Hugging Face)")
+    p.add_argument("--placeholder", action="append", default=None, metavar="NAME=VALUE",
+                   help="SpeechBrain manifests: the value of $NAME in their fields; repeatable")
     p.add_argument("--chunk-seconds", type=float, default=30.0, help="longer recordings are chunked")
     p.add_argument("--stride-seconds", type=float, default=None, help="overlap at each side of a cut "
                                                                       "(default: chunk / 6)")
@@ -61,13 +65,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        sources = Inputs(args.inputs, args.audio_column)
+        sources = Inputs(args.inputs, args.audio_column, args.split, parse_placeholders(args.placeholder))
         fmt, out = check_args(args, len(sources))
         transcriber = Transcriber.load(args.model, args.lm, args.alpha, args.beta, args.beam_width,
                                        args.workers or os.cpu_count() or 1, args.device,
                                        chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
                                        batch_seconds=args.batch_seconds)
-    except (InputError, FileNotFoundError, ValueError) as exc:
+    except (InputError, CorpusError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = 0

@@ -163,7 +163,7 @@ def _ignore_stop_signals(worker_id: int) -> None:
     """A preemption signal is for the training process to act on (torchrun sends it to the whole
     process group): a worker it killed would take the batch in flight with it. Workers end with
     the process that owns them."""
-    for name in ("SIGTERM", "SIGUSR1"):
+    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):  # Ctrl-C too: the training process says what happens
         signal.signal(getattr(signal, name), signal.SIG_IGN)
     signal_when_parent_dies(signal.SIGKILL)  # and a worker cannot outlive its process, stuck on a read
 

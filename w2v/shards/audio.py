@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -63,18 +65,24 @@ def read_audio(src: str | AudioRef) -> tuple[np.ndarray, int]:
 
 
 def run_command(command: Command) -> bytes:
-    """What a command writes to stdout (Kaldi's `cmd |`), or an AudioError saying why not."""
+    """What a command writes to stdout (Kaldi's `cmd |`), or an AudioError saying why not. A command
+    that runs past the time-out is killed with every process of its pipeline."""
     try:
-        done = subprocess.run(command.argv, capture_output=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise AudioError("command_failed", f"{command}: no end after {COMMAND_TIMEOUT:g} s") from None
+        proc = subprocess.Popen(command.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, cwd=command.cwd, start_new_session=True)
     except OSError as exc:  # no such program
         raise AudioError("command_failed", f"{command}: {exc}") from None
-    if done.returncode != 0:
-        said = done.stderr.decode(errors="replace").strip().splitlines()
-        raise AudioError("command_failed", f"{command}: exit status {done.returncode}"
+    try:
+        out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AudioError("command_failed", f"{command}: no end after {COMMAND_TIMEOUT:g} s") from None
+    if proc.returncode != 0:
+        said = err.decode(errors="replace").strip().splitlines()
+        raise AudioError("command_failed", f"{command}: exit status {proc.returncode}"
                          + (f": {said[-1]}" if said else ""))
-    return done.stdout
+    return out
 
 
 def _ffmpeg_read(src: Path | bytes) -> tuple[np.ndarray, int]:

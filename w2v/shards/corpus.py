@@ -22,7 +22,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from w2v.shards.readers.audio_folder import AUDIO_SUFFIXES, AudioFolder
+from w2v.shards.readers.audio_folder import AudioFolder
 from w2v.shards.readers.huggingface import HuggingFaceCorpus, is_hf_source
 from w2v.shards.readers.kaldi import KaldiCorpus, is_kaldi_dir
 from w2v.shards.readers.lhotse_manifest import LhotseCorpus
@@ -54,7 +54,7 @@ def detect_format(src: Path, split: str | None = None, audio_allowed: bool = Fal
             return "speechbrain"
         if src.suffix.lower() in MANIFEST_SUFFIXES:
             return "manifest"
-        if audio_allowed and src.suffix.lower() in AUDIO_SUFFIXES:
+        if audio_allowed:  # any other file is a recording: its decoder (or ffmpeg) will say if it is not
             return "audio"
         raise CorpusError(f"{src}: not a Common Voice TSV, a manifest ({', '.join(MANIFEST_SUFFIXES)}), "
                           "a parquet file or a Lhotse manifest")
@@ -87,6 +87,16 @@ def open_corpus(src: str | Path, fmt: str = "auto", split: str | None = None, au
     if not src.exists() and not glob.has_magic(str(src)):
         raise CorpusError(f"{src}: no such file or folder")
     fmt = detect_format(src, split, audio_allowed=not text_required) if fmt == "auto" else fmt
+    try:
+        return _open(src, fmt, split, audio_column, text_column, placeholders, text_required)
+    except CorpusError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # a source that is not what --format says
+        raise CorpusError(f"{src}: not a readable {fmt} source ({type(exc).__name__}: {exc})") from None
+
+
+def _open(src: Path, fmt: str, split: str | None, audio_column: str | None, text_column: str | None,
+          placeholders: dict[str, str] | None, text_required: bool) -> Corpus:
     if fmt == "commonvoice":
         return open_commonvoice(src, split, text_required)
     if fmt == "librispeech":
@@ -100,6 +110,8 @@ def open_corpus(src: str | Path, fmt: str = "auto", split: str | None = None, au
     if fmt == "lhotse":
         return LhotseCorpus(src, text_required)
     if fmt == "speechbrain":
+        if not src.is_file():
+            raise CorpusError(f"{src}: a SpeechBrain manifest is a CSV or JSON file")
         return SpeechBrainCorpus(src, placeholders, text_column, text_required)
     if fmt == "audio":
         return AudioFolder(src)

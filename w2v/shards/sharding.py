@@ -83,21 +83,23 @@ class DecodedRecording:
         return self.result
 
 
-def decode_utterance(utt: Utterance, recording: DecodedRecording | None = None) -> tuple[np.ndarray, int]:
-    """An utterance's audio as [frames, channels] float32 at the recording's own rate: its channel
-    (of a multi-channel recording) and its span only. An AudioError says why it cannot be had."""
+def decode_utterance(utt: Utterance, recording: DecodedRecording | None = None) -> tuple[np.ndarray, int, int]:
+    """An utterance's audio as [frames, channels] float32 at the recording's own rate, its channel
+    (of a multi-channel recording) and its span only; the rate; the recording's channel count.
+    `recording`: the last one decoded, reused by its segments. An AudioError says why not."""
     data, sr = (recording or DecodedRecording()).read(utt.audio)
+    channels = data.shape[1]
     if utt.channel is not None and data.shape[1] > 1:  # a mono file is that channel already
         if utt.channel >= data.shape[1]:
             raise audio.AudioError("channel_out_of_range", f"channel {utt.channel} of {data.shape[1]}")
         data = data[:, utt.channel:utt.channel + 1]
     if utt.span is None:
-        return data, sr
+        return data, sr, channels
     first, last = utt.span.frames(sr, len(data))
     if first >= len(data) or last > len(data) + SEGMENT_END_TOLERANCE * sr:
         raise audio.AudioError("segment_out_of_range", f"{utt.span}, but the recording is {len(data) / sr:.3f} s "
                                f"({len(data)} samples)")
-    return data[first:min(last, len(data))], sr
+    return data[first:min(last, len(data))], sr, channels
 
 
 def utterance_seconds(utt: Utterance) -> float:
@@ -120,7 +122,7 @@ def prepare(utt: Utterance, opts: ShardOptions, recording: DecodedRecording | No
     if utt.problem:
         return Prepared(utt.key, utt.source, reason=utt.problem, detail=utt.detail)
     try:
-        data, sr = decode_utterance(utt, recording)
+        data, sr, channels = decode_utterance(utt, recording)
     except audio.AudioError as exc:
         return Prepared(utt.key, utt.source, reason=exc.reason, detail=exc.detail)
     wave = audio.resample(audio.to_mono(data), sr, audio.TARGET_SR, opts.resampler, opts.device)
@@ -143,7 +145,7 @@ def prepare(utt: Utterance, opts: ShardOptions, recording: DecodedRecording | No
         "sample_rate": audio.TARGET_SR,
         "source": utt.source,
         "orig_sample_rate": sr,
-        "orig_channels": data.shape[1],
+        "orig_channels": channels,
         **({"channel": utt.channel} if utt.channel is not None else {}),
     }
     return Prepared(utt.key, utt.source, audio.encode(pcm, opts.codec), meta)

@@ -80,7 +80,11 @@ def select_shards(spec, index: str | None = None) -> list[SelectedShard]:
     """A shard spec as shards with their columns; clear errors for an empty or unindexed spec.
     A folder lists its shards from its columns, without parsing index.json."""
     if isinstance(spec, str | Path) and not is_remote(str(spec)) and os.path.isdir(spec):
-        columns = open_columns(index or str(Path(spec) / INDEX_NAME))
+        location = index or str(Path(spec) / INDEX_NAME)
+        if not is_remote(location) and not os.path.isfile(location):
+            raise ValueError(f"{location}: no shard index (a folder made by w2v-make-shards has one; parts get it "
+                             "from w2v-merge-shards)")
+        columns = open_columns(location)
         selected = [SelectedShard(str(Path(spec) / name), columns, k) for k, name in enumerate(columns.names)]
         missing = next((s.url for s in selected if not os.path.isfile(s.url)), None)
         if missing:

@@ -43,14 +43,17 @@ class Command:
     plain words; through `bash -c` when it needs a shell (pipes, redirections, variables)."""
 
     text: str
+    cwd: str | None = None  # where it runs (Kaldi: the recipe's folder)
 
     @property
     def argv(self) -> list[str]:
         if _SHELL.search(self.text) is None:
             try:
-                return shlex.split(self.text)
+                words = shlex.split(self.text)
             except ValueError:
-                pass
+                words = []
+            if words and "=" not in words[0]:  # `LC_ALL=C sox …` sets a variable: a shell's job
+                return words
         return ["bash", "-c", self.text]
 
     def __str__(self) -> str:
@@ -139,12 +142,12 @@ class Keys:
         self.seen: dict[str, int] = {}
 
     def __call__(self, name: str) -> str:
-        key = safe_key(name)
-        if key in self.seen:
+        key = candidate = safe_key(name)
+        while candidate in self.seen:  # `a, a, a_1` → a, a_1, a_1_1: a given name never collides
             self.seen[key] += 1
-            return f"{key}_{self.seen[key]}"
-        self.seen[key] = 0
-        return key
+            candidate = f"{key}_{self.seen[key]}"
+        self.seen[candidate] = 0
+        return candidate
 
 
 def source_meta(row: dict, used: tuple[str, ...] = ()) -> dict:

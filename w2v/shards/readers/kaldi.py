@@ -43,20 +43,27 @@ def _table(path: Path) -> dict[str, str]:
     if path.is_file():
         for _, line in decoded_lines(path):
             if line and line.strip():
-                key, _, rest = line.strip().partition(" ")
-                table[key] = rest.strip()
+                key, *rest = line.split(maxsplit=1)  # any white space, as Kaldi's readers take it
+                table[key] = rest[0].strip() if rest else ""
     return table
 
 
+def recipe_dir(root: Path) -> Path:
+    """Where Kaldi's recipe runs, which its relative paths and commands assume: `s5` for
+    `s5/data/train`, else the directory's parent."""
+    return root.parent.parent if root.parent.name == "data" else root.parent
+
+
 def audio_of(entry: str, root: Path) -> Path | Command:
-    """A wav.scp entry: a path (relative to the data directory's parent, as Kaldi recipes run from
-    there, else to the directory itself) or a command ending in `|`."""
+    """A wav.scp entry: a path (relative to the recipe's folder, else to the directory itself) or a
+    command ending in `|`, run in the recipe's folder."""
+    base = recipe_dir(root)
     if entry.endswith("|"):
-        return Command(entry[:-1].strip())
+        return Command(entry[:-1].strip(), cwd=str(base))
     path = Path(entry)
     if path.is_absolute():
         return path
-    return next((p for p in (root.parent / path, root / path) if p.exists()), root.parent / path)
+    return next((p for p in (base / path, root.parent / path, root / path) if p.exists()), base / path)
 
 
 class KaldiCorpus(Corpus):

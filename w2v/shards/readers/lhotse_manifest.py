@@ -4,8 +4,12 @@ Each supervision is an utterance: its text, its span of the recording (a cut's s
 placed relative to the cut), its channel. A cut or recording with no supervision is listed as
 `no_supervision`. Recording sources of type `file` (a path, relative to the manifest's folder when
 not absolute) and `command` (its stdout) are read; other types (`url`, `memory`, `shar`) are listed
-as `unsupported_source`. The recording set of `X_supervisions_Y.jsonl.gz` is `X_recordings_Y.jsonl.gz`
-beside it, as Lhotse's recipes name them. Read with the standard library: no Lhotse needed.
+as `unsupported_source`, and so is a recording with transforms other than resampling (speed
+perturbation puts its supervisions on another timeline). The recording set of
+`X_supervisions_Y.jsonl.gz` is `X_recordings_Y.jsonl.gz` beside it, as Lhotse's recipes name them
+(a file without "supervisions" in its name is read as a manifest, not a Lhotse set). Lines are
+decoded one at a time: one that is not UTF-8 JSON is `bad_manifest_line`, a gzip file cut short
+ends where it is cut. Read with the standard library: no Lhotse needed.
 """
 
 from __future__ import annotations
@@ -26,24 +30,30 @@ def _is_manifest_name(path: Path) -> bool:
 
 
 def _rows(path: Path) -> Iterator[dict | None]:
-    """The objects of a JSONL (gzip or not) or JSON-list manifest, streamed for JSONL; None for a
-    line that is not a JSON object."""
+    """The objects of a JSONL (gzip or not) or JSON-list manifest, streamed line by line for JSONL;
+    None for a line that is not a JSON object (or not UTF-8). A gzip file cut short ends the rows
+    (the count and the rows read agree: both stop there)."""
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        head = handle.read(1)
-        while head.isspace():
-            head = handle.read(1)
-        if head == "[":
-            for row in json.loads(head + handle.read()):
-                yield row if isinstance(row, dict) else None
+    with opener(path, "rb") as handle:
+        try:
+            first = handle.readline()
+            if first.lstrip().startswith(b"["):  # a JSON list: read whole
+                for row in json.loads(first + handle.read()):
+                    yield row if isinstance(row, dict) else None
+                return
+            for raw in itertools.chain([first], handle):
+                if raw.strip():
+                    yield _object(raw)
+        except (EOFError, gzip.BadGzipFile, json.JSONDecodeError, UnicodeDecodeError):
             return
-        for line in itertools.chain([head + handle.readline()], handle):  # streamed, line by line
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    row = None
-                yield row if isinstance(row, dict) else None
+
+
+def _object(raw: bytes) -> dict | None:
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return row if isinstance(row, dict) else None
 
 
 def manifest_kind(path: Path) -> str | None:
@@ -52,13 +62,13 @@ def manifest_kind(path: Path) -> str | None:
         return None
     try:
         first = next((r for r in _rows(path) if r is not None), None)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, EOFError):
+    except OSError:
         return None
     if not first:
         return None
     if "supervisions" in first and ("recording" in first or "type" in first):
         return "cuts"
-    if {"recording_id", "start", "duration"} <= first.keys():
+    if {"id", "recording_id", "start", "duration"} <= first.keys() and recordings_beside(path) != path:
         return "supervisions"
     if {"sources", "sampling_rate"} <= first.keys():
         return "recordings"
@@ -90,6 +100,9 @@ class LhotseCorpus(Corpus):
 
     def _source(self, recording: dict, channel) -> tuple[object, int | None, str | None]:
         """(audio, channel index in that source or None, why not usable) of a recording."""
+        altered = [t.get("name", "?") for t in recording.get("transforms") or [] if t.get("name") != "Resample"]
+        if altered:  # speed perturbation and the like: the supervisions are on another timeline
+            return None, None, f"transforms {', '.join(altered)}"
         sources = recording.get("sources") or []
         wanted = channel if isinstance(channel, int) else None
         source = next((s for s in sources if wanted is None or wanted in s.get("channels", [])), None)
@@ -106,18 +119,22 @@ class LhotseCorpus(Corpus):
 
     def _utterance(self, sup: dict, recording: dict, offset: float, keys: Keys, source: str) -> Utterance:
         text = sup.get("text")
+        key = keys(str(sup.get("id") or f"{recording.get('id')}_sup"))
         meta = {k: sup[k] for k in ("speaker", "language", "gender") if sup.get(k) not in (None, "")}
         meta["recording"] = recording.get("id")
         audio, channel, why = self._source(recording, sup.get("channel"))
-        start = offset + float(sup.get("start", 0.0))
-        span, bad = checked_span(start, start + float(sup.get("duration", 0.0)))
         if audio is None:
-            return Utterance(keys(sup.get("id", "sup")), None, text, source, meta, "unsupported_source", detail=why)
+            return Utterance(key, None, text, source, meta, "unsupported_source", detail=why)
+        try:
+            start = offset + float(sup.get("start", 0.0))
+            span, bad = checked_span(start, start + float(sup.get("duration", 0.0)))
+        except (TypeError, ValueError):
+            span, bad = None, f"start {sup.get('start')!r}, duration {sup.get('duration')!r}"
         if bad is not None:
-            return Utterance(keys(sup["id"]), audio, text, source, meta, "bad_segment", detail=bad)
+            return Utterance(key, audio, text, source, meta, "bad_segment", detail=bad)
         meta["segment"] = span.as_meta()
         problem = text_problem(text) if text is not None or self.text_required else None
-        return Utterance(keys(sup["id"]), audio, text, f"{source}@{span}", meta, problem, span, channel)
+        return Utterance(key, audio, text, f"{source}@{span}", meta, problem, span, channel)
 
     def utterances(self) -> Iterator[Utterance]:
         keys = Keys()
@@ -132,45 +149,51 @@ class LhotseCorpus(Corpus):
                                     problem="bad_manifest_line")
                     continue
                 audio, _, why = self._source(rec, None)
-                yield Utterance(keys(rec["id"]), audio, None, rec["id"], {}, None if audio else "unsupported_source",
+                name = str(rec.get("id") or f"line{number}")
+                yield Utterance(keys(name), audio, None, name, {}, None if audio else "unsupported_source",
                                 detail=why or "")
 
     def _from_cuts(self, keys: Keys) -> Iterator[Utterance]:
         for number, cut in enumerate(_rows(self.path), start=1):
             where = f"{self.path.name}:{number}"
-            if cut is None or "recording" not in cut:
+            name = str((cut or {}).get("id") or f"line{number}")
+            if cut is None or not isinstance(cut.get("recording"), dict):
                 reason = "bad_manifest_line" if cut is None else "unsupported_cut"
-                yield Utterance(keys(f"line{number}" if cut is None else cut.get("id", "cut")), None, None, where,
-                                problem=reason, detail="" if cut is None else f"type {cut.get('type')}")
+                yield Utterance(keys(name), None, None, where, problem=reason,
+                                detail="" if cut is None else f"type {cut.get('type')}")
                 continue
             if not cut.get("supervisions"):
-                yield Utterance(keys(cut["id"]), None, None, where, problem="no_supervision")
+                yield Utterance(keys(name), None, None, where, problem="no_supervision")
                 continue
+            try:
+                offset = float(cut.get("start", 0.0))
+            except (TypeError, ValueError):
+                offset = float("nan")  # each supervision becomes a bad_segment
             for sup in cut["supervisions"]:
-                yield self._utterance(sup, cut["recording"], float(cut.get("start", 0.0)), keys, cut["recording"]["id"])
+                yield self._utterance(sup, cut["recording"], offset, keys, str(cut["recording"].get("id")))
 
     def _from_supervisions(self, keys: Keys) -> Iterator[Utterance]:
         recordings: dict[str, dict] = {}
         bad_recordings = 0
         for rec in _rows(self.recordings_path):
-            if rec is None:
+            if rec is None or rec.get("id") is None:
                 bad_recordings += 1
             else:
-                recordings[rec["id"]] = rec
+                recordings[str(rec["id"])] = rec
         used: set[str] = set()
         for number, sup in enumerate(_rows(self.path), start=1):
             where = f"{self.path.name}:{number}"
             if sup is None:
                 yield Utterance(keys(f"line{number}"), None, None, where, problem="bad_manifest_line")
                 continue
-            rec = recordings.get(sup.get("recording_id"))
+            rec = recordings.get(str(sup.get("recording_id")))
             if rec is None:
-                yield Utterance(keys(sup.get("id", f"line{number}")), None, sup.get("text"), where,
+                yield Utterance(keys(str(sup.get("id") or f"line{number}")), None, sup.get("text"), where,
                                 problem="missing_recording", detail=f"{sup.get('recording_id')} is not in "
                                 f"{self.recordings_path.name}")
                 continue
-            used.add(rec["id"])
-            yield self._utterance(sup, rec, 0.0, keys, rec["id"])
+            used.add(str(rec["id"]))
+            yield self._utterance(sup, rec, 0.0, keys, str(rec["id"]))
         for rec_id in recordings:  # recordings no supervision covers: listed, not lost
             if rec_id not in used:
                 yield Utterance(keys(rec_id), None, None, rec_id, problem="no_supervision")

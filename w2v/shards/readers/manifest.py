@@ -33,6 +33,7 @@ KEY_COLUMNS = ("id", "ID", "key", "utt_id", "utterance_id", "uttid")
 STARTS, ENDS = ("offset", "start"), ("end", "duration")
 SPAN_COLUMNS = (*STARTS, *ENDS)
 MANIFEST_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+ASCII_SPACE = " \t\n\r\x0b\x0c"
 
 
 def _number(row: dict, name: str) -> float | None:
@@ -98,7 +99,7 @@ class TableCorpus(Corpus):
         for number, line in lines:
             if line is None:
                 yield number, None, "text_decode_error"
-            elif not line.strip():
+            elif not line.strip(ASCII_SPACE):  # as count() sees blank lines (bytes.strip)
                 continue
             elif self.kind == "jsonl":
                 try:
@@ -228,10 +229,6 @@ def manifest_kind(path: Path) -> str:
     if suffix not in MANIFEST_SUFFIXES:
         raise CorpusError(f"{path}: a manifest must be one of {', '.join(MANIFEST_SUFFIXES)}")
     return {".jsonl": "jsonl", ".json": _json_kind(path)}.get(suffix, suffix[1:])
-
-
-def manifest_columns(path: Path) -> list[str]:
-    return _table_header(path, manifest_kind(path))
 
 
 def open_manifest(path: Path, audio_column: str | None = None, text_column: str | None = None,
