@@ -1,14 +1,15 @@
-"""CTC decoding: greedy (vectorised numpy) and beam search with a KenLM n-gram through pyctcdecode.
+"""CTC decoding: greedy (vectorised numpy) and beam search with an n-gram LM (our own, compiled).
 
-Public API, used by train.py and w2v-evaluate (keep these signatures):
+Public API, used by train.py, w2v-evaluate and w2v-transcribe (keep these signatures):
 
 - `greedy_decode(logits, inverse_vocab, blank_id, lengths) -> list[str]`
-- `labels_from_vocab(tokens, size=None) -> list[str]`: pyctcdecode labels in id order
-- `build_lm_decoder(labels, lm_path, unigrams, alpha, beta)`: a pyctcdecode `BeamSearchDecoderCTC`
+- `labels_from_vocab(tokens, size=None) -> list[str]`: decoder labels in id order
+- `BeamDecoder`: one decoder (one LM load) for many utterances, a batch on `processes` threads, and
+  new alpha/beta without reloading the LM (a grid search). The search is w2v/lm/beam.py, the LM
+  w2v/lm/ngram.py (an ARPA file read into a cached format of our own): neither needs kenlm.
 - `export_processor_with_lm(model_dir, lm_dir, alpha, beta)`: `Wav2Vec2ProcessorWithLM` into a model
-  folder, so `transformers.pipeline("automatic-speech-recognition", model=folder)` decodes with the LM.
-- `BeamDecoder`: one decoder (one KenLM load) for many utterances, batches in a fork pool, and new
-  alpha/beta without reloading the LM (a grid search).
+  folder, so `transformers.pipeline("automatic-speech-recognition", model=folder)` decodes with the
+  LM. That class decodes with pyctcdecode and kenlm: the optional extra `w2v[pipeline-lm]`.
 
 Labels are one per logit column, in id order: the CTC blank `[PAD]` as "", the word delimiter `|` as
 " ", `[UNK]` as "⁇" (pyctcdecode's own unknown symbol: one character, unique). Tokens a tokenizer
@@ -19,22 +20,25 @@ no column for them) are cut off with `size`, so the labels match the logits' wid
 from __future__ import annotations
 
 import json
-import logging
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from w2v.atomic import replace_path
+from w2v.lm.beam import beam_search, build_word_trie
+from w2v.lm.ngram import NgramModel
 from w2v.text import PAD, UNK, WORD_DELIMITER, Vocabulary
 
-UNK_LABEL = "⁇"  # pyctcdecode.alphabet.UNK_TOKEN
-LM_SUFFIXES = (".bin", ".binary", ".arpa")  # the model files pyctcdecode's language_model/ accepts
+UNK_LABEL = "⁇"  # pyctcdecode.alphabet.UNK_TOKEN: exported folders keep pyctcdecode's labels
+ARPA_SUFFIXES = (".arpa", ".arpa.gz")
+BINARY_SUFFIXES = (".bin", ".binary")
 UNIGRAMS_FILE = "unigrams.txt"  # written beside the LM by w2v-build-lm
+MIN_PROB = 1e-15  # pyctcdecode's MIN_TOKEN_CLIP_P
 
 
 # --- greedy ------------------------------------------------------------------------------------
@@ -93,119 +97,174 @@ def tokenizer_labels(tokenizer: Any, size: int | None = None) -> list[str]:
 
 
 def find_lm_file(lm: str | os.PathLike) -> Path:
-    """The KenLM file to use: ``lm`` itself, or in a folder its one LM: the binary (loads faster),
-    else the ARPA. A folder with files of two different LMs (``3gram.arpa`` beside ``4gram.bin``)
-    is refused: which one was meant cannot be told."""
+    """The ARPA to decode with: ``lm`` itself, or a folder's one ARPA (``.arpa`` or ``.arpa.gz``).
+
+    The decoder reads ARPA files (into its own cached format, w2v/lm/ngram.py); a KenLM binary is
+    refused with a pointer to the ARPA it was built from, which w2v-build-lm keeps beside it. A
+    folder with two different LMs (``3gram.arpa`` beside ``4gram.arpa``) is refused: which one was
+    meant cannot be told."""
     path = Path(lm)
     if path.is_file():
+        if path.suffix in BINARY_SUFFIXES:
+            beside = path.with_suffix(".arpa")
+            if beside.is_file():  # w2v-build-lm's layout: the ARPA the binary was built from
+                return beside
+            raise ValueError(f"{path} is a KenLM binary: w2v decodes from the ARPA it was built from "
+                             "(w2v-build-lm keeps it beside the binary); pass that")
         return path
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such LM file or folder")
-    found = sorted(p for suffix in LM_SUFFIXES for p in path.glob(f"*{suffix}"))
-    models = sorted({p.name[: -len(p.suffix)] for p in found})
-    if len(models) > 1:
-        raise ValueError(f"{path} holds more than one LM ({', '.join(p.name for p in found)}): pass the file")
-    for suffix in LM_SUFFIXES:
-        for candidate in found:
-            if candidate.suffix == suffix:
-                return candidate
-    raise FileNotFoundError(f"no KenLM model ({', '.join(LM_SUFFIXES)}) in {path}")
+    arpas = sorted(p for suffix in ARPA_SUFFIXES for p in path.glob(f"*{suffix}"))
+    if len(arpas) > 1:
+        raise ValueError(f"{path} holds more than one LM ({', '.join(p.name for p in arpas)}): pass the file")
+    if arpas:
+        return arpas[0]
+    binaries = sorted(p for suffix in BINARY_SUFFIXES for p in path.glob(f"*{suffix}"))
+    if binaries:
+        raise ValueError(f"{path} holds only a KenLM binary ({binaries[0].name}): w2v decodes from the ARPA it "
+                         "was built from; put that beside it")
+    raise FileNotFoundError(f"no ARPA language model ({', '.join(ARPA_SUFFIXES)}) in {path}")
 
 
 def load_unigrams(lm_file: str | os.PathLike) -> list[str] | None:
-    """The LM's words from unigrams.txt beside it, or None for an ARPA without one (pyctcdecode reads
-    an ARPA's 1-grams itself). A binary needs them: without, pyctcdecode only warns and decodes worse."""
-    lm_file = Path(lm_file)
-    listed = lm_file.with_name(UNIGRAMS_FILE)
-    if listed.is_file():
-        return listed.read_text(encoding="utf-8").split()
-    if lm_file.suffix == ".arpa":
-        return None
-    raise FileNotFoundError(f"{lm_file} is a binary LM and has no {UNIGRAMS_FILE} beside it: pass its words "
-                            "(w2v-build-lm writes that file)")
-
-
-def build_lm_decoder(labels: Sequence[str], lm_path: str | os.PathLike | None,
-                     unigrams: Sequence[str] | None = None, alpha: float = 0.5, beta: float = 1.0) -> Any:
-    """A pyctcdecode BeamSearchDecoderCTC. ``lm_path``: a KenLM file, a folder holding one, or None (no LM).
-    Unigrams default to unigrams.txt beside the model; an ARPA without one is read by pyctcdecode."""
-    from pyctcdecode import build_ctcdecoder
-
-    # "Only N unigrams passed as vocabulary. Is this small or artificial data?": nothing to act on
-    logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
-    if lm_path is None:
-        return build_ctcdecoder(list(labels))
-    lm_file = find_lm_file(lm_path)
-    if unigrams is None:
-        unigrams = load_unigrams(lm_file)
-    # Floats: pyctcdecode's reset_params (used by BeamDecoder.set_weights) rejects ints.
-    return build_ctcdecoder(list(labels), str(lm_file), unigrams=unigrams, alpha=float(alpha), beta=float(beta))
+    """The known words from unigrams.txt beside the LM (w2v-build-lm writes it), or None: then every
+    word of the ARPA but <s>, </s> and <unk> is known."""
+    listed = Path(lm_file).with_name(UNIGRAMS_FILE)
+    return listed.read_text(encoding="utf-8").split() if listed.is_file() else None
 
 
 class BeamDecoder:
-    """Beam search over many utterances with one decoder: one KenLM load, batches in a fork pool.
+    """Beam search over many utterances with one LM load: threads decode a batch, new weights need no reload.
 
         with BeamDecoder(labels, "runs/lm", alpha=0.5, beta=1.0, processes=4) as decoder:
             texts = decoder.decode_batch(log_probs)          # a list of [T_i, V], or [B, T, V] + lengths
             decoder.set_weights(0.8, 2.0)                    # next grid point, same LM
+
+    The search is pyctcdecode's (w2v/lm/beam.py), compiled; `processes` threads share the LM.
     """
 
     def __init__(self, labels: Sequence[str], lm: str | os.PathLike | None = None,
                  unigrams: Sequence[str] | None = None, alpha: float = 0.5, beta: float = 1.0,
-                 beam_width: int = 100, processes: int = 1):
+                 beam_width: int = 100, processes: int = 1, *, beam_prune_logp: float = -10.0,
+                 token_min_logp: float = -5.0, unk_score_offset: float = -10.0, prune_history: bool = True,
+                 empty_last_word: bool = False):
         self.labels = list(labels)
+        if "" not in self.labels:
+            raise ValueError("no CTC blank among the labels (the empty label)")
+        self.blank = self.labels.index("")
+        self.space = self.labels.index(" ") if " " in self.labels else -1
         self.lm_file = find_lm_file(lm) if lm is not None else None
-        self.decoder = build_lm_decoder(self.labels, self.lm_file, unigrams, alpha, beta)
-        self.beam_width = beam_width
-        self.processes = processes
-        self._pool: Any = None
+        self.lm = NgramModel.load(self.lm_file) if self.lm_file is not None else None
+        if self.lm is not None and unigrams is None:
+            unigrams = load_unigrams(self.lm_file)
+        self.trie = self._word_trie(unigrams)
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.beam_width, self.processes = beam_width, max(1, processes)
+        self.beam_prune_logp, self.token_min_logp = float(beam_prune_logp), float(token_min_logp)
+        self.unk_score_offset = float(unk_score_offset)
+        self.empty_last_word = empty_last_word  # pyctcdecode's end rule (w2v/lm/beam.py): for comparisons
+        self.prune_history = prune_history  # as pyctcdecode's decode(): one beam per LM history
+        self._threads: ThreadPoolExecutor | None = None
+
+    def _word_trie(self, unigrams: Sequence[str] | None) -> tuple[np.ndarray, ...]:
+        """The LM's words spelled in label ids, and which are known (all, or those in `unigrams`)."""
+        if self.lm is None:
+            empty = np.full(1, -1, np.int32)
+            self.known = np.zeros(1, np.bool_)
+            return empty, empty, empty, empty, np.zeros(1, np.bool_)
+        lm = self.lm
+        usable = np.ones(lm.vocab_size, np.bool_)
+        for special in (lm.unk, lm.bos, lm.eos):
+            if special >= 0:
+                usable[special] = False
+        if unigrams is None:
+            known = usable.copy()
+        else:
+            known = np.zeros(lm.vocab_size, np.bool_)
+            ids = np.array([lm.word_id(w) for w in unigrams], dtype=np.int64)
+            known[ids[ids >= 0]] = True
+            known &= usable
+        self.known = known
+        single = sorted((ord(label), i) for i, label in enumerate(self.labels) if len(label) == 1 and label != " ")
+        label_cps = np.array([cp for cp, _ in single], dtype=np.int32)
+        label_ids = np.array([i for _, i in single], dtype=np.int32)
+        return build_word_trie(lm.chars, lm.char_offsets, label_cps, label_ids, usable, known)
 
     def describe(self) -> str:
         """Which LM it decodes with: the file, its order and size (or that there is none)."""
-        if self.lm_file is None:
+        if self.lm is None:
             return "no LM (beam search over the acoustic model alone)"
-        order = self.decoder._language_model.order  # pyctcdecode's LanguageModel, as KenLM loaded it
-        return f"{self.lm_file} ({order}-gram, {self.lm_file.stat().st_size / 1e6:.1f} MB)"
+        counts = ", ".join(f"{n:,}" for n in self.lm.counts)
+        return f"{self.lm_file} ({self.lm.order}-gram: {counts} n-grams, {self.lm.nbytes() / 1e6:.1f} MB)"
 
     def set_weights(self, alpha: float, beta: float) -> None:
-        """New LM weight and word bonus. The pool restarts: its children hold the weights they forked with."""
-        self.decoder.reset_params(alpha=float(alpha), beta=float(beta))
-        self._close_pool()
+        """New LM weight and word bonus; the LM and the word tree stay."""
+        self.alpha, self.beta = float(alpha), float(beta)
 
     def decode(self, logits: np.ndarray) -> str:
-        """One utterance, logits [T, V]: raw or log-probs (pyctcdecode applies a log-softmax)."""
-        return self.decoder.decode(np.asarray(logits, dtype=np.float32), beam_width=self.beam_width)
+        """One utterance, logits [T, V]: raw, log-probs or probabilities (as pyctcdecode accepts them)."""
+        return self.decode_words(logits)[0]
+
+    def decode_words(self, logits: np.ndarray) -> tuple[str, list[tuple[str, tuple[int, int]]]]:
+        """The best text and its words with their first and end frames (end exclusive)."""
+        labels, starts, ends, _ = self._search(logits)
+        text = " ".join("".join(self.labels[i] if i >= 0 else " " for i in labels).split())
+        return text, list(zip(text.split(), zip(starts.tolist(), ends.tolist(), strict=True), strict=False))
 
     def decode_batch(self, logits: np.ndarray | Sequence[np.ndarray],
                      lengths: Sequence[int] | np.ndarray | None = None) -> list[str]:
         """A padded [B, T, V] array with valid frames per row, or a list of [T_i, V] arrays."""
         items = _unpad(logits, lengths)
-        pool = self._get_pool() if self.processes > 1 and len(items) > 1 else None
-        return self.decoder.decode_batch(pool, items, beam_width=self.beam_width)
+        if self.processes == 1 or len(items) < 2:
+            return [self.decode(x) for x in items]
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.processes, thread_name_prefix="w2v-beam")
+        order = sorted(range(len(items)), key=lambda i: -len(items[i]))  # longest first: no straggler at the end
+        texts = dict(zip(order, self._threads.map(self.decode, [items[i] for i in order]), strict=True))
+        return [texts[i] for i in range(len(items))]
 
-    def _get_pool(self) -> Any:
-        # A fork pool made after the decoder: pyctcdecode keeps the KenLM model in a class-level dict
-        # that the children inherit; a spawn pool would make pyctcdecode decode in this process.
-        if self._pool is None:
-            self._pool = multiprocessing.get_context("fork").Pool(self.processes)
-        return self._pool
-
-    def _close_pool(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+    def _search(self, logits: np.ndarray):
+        logp = _log_probs(np.asarray(logits), len(self.labels))
+        lm = self.lm
+        if lm is None:
+            none_i, none_f = np.zeros(1, np.int32), np.zeros(1, np.float32)
+            model = (none_f, none_f, none_i, none_i, 1, -1, -1, none_i, none_f, 0)
+        else:
+            words, backoffs, length = lm.start_state()
+            model = (lm.prob, lm.backoff, lm.word, lm.child, lm.order, lm.unk, lm.eos, words, backoffs, length)
+        return beam_search(logp, self.blank, self.space, self.beam_width, self.beam_prune_logp, self.token_min_logp,
+                           self.alpha, self.beta, self.unk_score_offset, lm is not None, self.empty_last_word,
+                           self.prune_history,
+                           *self.trie, self.known, *model)
 
     def close(self) -> None:
-        """Stop the pool and drop the LM from pyctcdecode's class-level container."""
-        self._close_pool()
-        self.decoder.cleanup()
+        """Stop the threads."""
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
 
     def __enter__(self) -> BeamDecoder:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _log_probs(logits: np.ndarray, width: int) -> np.ndarray:
+    """Log-probabilities [T, V] as pyctcdecode makes them: probabilities are logged, anything else goes
+    through a log-softmax; both clipped at log(1e-15)."""
+    if logits.ndim != 2 or logits.shape[1] != width:
+        raise ValueError(f"expected logits [T, {width}] (one column per label), got shape {logits.shape}")
+    x = logits.astype(np.float64)
+    if len(x) and np.isclose(x.sum(axis=1).mean(), 1.0):
+        out = np.log(np.clip(x, MIN_PROB, 1.0))
+    else:
+        top = x.max(axis=1, keepdims=True)
+        top[~np.isfinite(top)] = 0.0
+        with np.errstate(divide="ignore"):
+            out = x - top - np.log(np.exp(x - top).sum(axis=1, keepdims=True))
+        out = np.clip(out, np.log(MIN_PROB), 0.0)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _unpad(logits: np.ndarray | Sequence[np.ndarray], lengths: Sequence[int] | np.ndarray | None) -> list[np.ndarray]:
@@ -224,9 +283,10 @@ def export_processor_with_lm(model_dir: str | os.PathLike, lm_dir: str | os.Path
                              beta: float = 1.0, unigrams: Sequence[str] | None = None) -> Path:
     """Save Wav2Vec2ProcessorWithLM into ``model_dir`` (a saved Wav2Vec2ForCTC with its processor).
 
-    ``lm_dir``: a w2v-build-lm folder (its binary is preferred) or a KenLM file. Afterwards the
-    folder holds alphabet.json and language_model/ with exactly attrs.json, unigrams.txt and one model
-    file (a copy), and rewritten processor files; returns the language_model/ path. Two transformers 5
+    ``lm_dir``: a w2v-build-lm folder or an ARPA file. Afterwards the folder holds alphabet.json and
+    language_model/ with exactly attrs.json, unigrams.txt and the ARPA (a copy: pipeline() loads it
+    with kenlm, w2v-transcribe with our decoder), and rewritten processor files; returns the
+    language_model/ path. Two transformers 5
     details are handled: the tokenizer is rebuilt without the `<s>`/`</s>` it appends (the processor
     wants every tokenizer token among the decoder's labels, the decoder one label per logit), and
     `processor_class` is also written into the feature-extractor part of processor_config.json,
@@ -247,11 +307,39 @@ def export_processor_with_lm(model_dir: str | os.PathLike, lm_dir: str | os.Path
         hf_logging.set_verbosity(verbosity)
 
 
+PIPELINE_LM_MISSING = ("pipeline() decodes an LM with pyctcdecode and kenlm, which are not installed: "
+                      "pip install 'w2v[pipeline-lm]' (pyctcdecode's metadata pins numpy<2; `pip install --no-deps "
+                      "pyctcdecode pygtrie kenlm` keeps numpy 2 and works)")
+
+
+def pipeline_lm_available() -> bool:
+    """Whether pyctcdecode and kenlm import (what Wav2Vec2ProcessorWithLM decodes with)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("pyctcdecode", "kenlm", "pygtrie"))
+
+
+def _pyctcdecode_decoder(labels: Sequence[str], lm_file: Path, unigrams: Sequence[str] | None, alpha: float,
+                         beta: float) -> Any:
+    import logging
+
+    from pyctcdecode import build_ctcdecoder
+
+    # "Only N unigrams passed as vocabulary. Is this small or artificial data?": nothing to act on
+    logging.getLogger("pyctcdecode").setLevel(logging.ERROR)
+    return build_ctcdecoder(list(labels), str(lm_file), unigrams=unigrams, alpha=float(alpha), beta=float(beta))
+
+
 def _save_with_lm(model_dir: Path, lm_dir, alpha: float, beta: float, unigrams, extractor_class,
                   processor_class) -> Path:
+    if not pipeline_lm_available():
+        raise RuntimeError(PIPELINE_LM_MISSING)
     tokenizer = _ctc_tokenizer(model_dir)
     width = json.loads((model_dir / "config.json").read_text())["vocab_size"]
-    decoder = build_lm_decoder(tokenizer_labels(tokenizer, width), lm_dir, unigrams, alpha, beta)
+    lm_file = find_lm_file(lm_dir)
+    if unigrams is None:
+        unigrams = load_unigrams(lm_file)
+    decoder = _pyctcdecode_decoder(tokenizer_labels(tokenizer, width), lm_file, unigrams, alpha, beta)
     extractor = extractor_class.from_pretrained(model_dir)
     processor = processor_class(feature_extractor=extractor, tokenizer=tokenizer, decoder=decoder)
     # Saved beside, then moved in, so a failure leaves the folder as it was; pyctcdecode's
