@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml scripts/build_kenlm.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_PKGS)
 	$(PIP) install -q --disable-pip-version-check -e '.[dev]' $(TORCH_PKGS)
+	# pipeline() decodes an exported LM with pyctcdecode, whose metadata pins numpy<2: without its deps
+	$(PIP) install -q --disable-pip-version-check --no-deps 'pyctcdecode==0.5.0'
 	bash scripts/build_kenlm.sh $(VENV)
 	touch $(STAMP)
 

@@ -54,9 +54,11 @@ def test_an_lm_folder_holds_one_lm(tmp_path):
     run_command("w2v-build-lm", "--text", text, "--order", "4", "--out", out, "--binary", check=True)
     again = run_command("w2v-build-lm", "--text", text, "--order", "3", "--out", out)
     assert again.returncode == 2 and "already holds an LM" in again.stderr and "--overwrite" in again.stderr
-    assert find_lm_file(out).name == "4gram.bin"  # untouched: the refused build removed nothing
+    assert (out / "4gram.bin").is_file()  # untouched: the refused build removed nothing
+    assert find_lm_file(out).name == "4gram.arpa"  # the decoder reads the ARPA the binary was built from
+    assert find_lm_file(out / "4gram.bin").name == "4gram.arpa"
     run_command("w2v-build-lm", "--text", text, "--order", "3", "--out", out, "--overwrite", check=True)
     assert sorted(p.name for p in out.iterdir()) == ["3gram.arpa", "corpus.txt", "unigrams.txt"]
-    (out / "4gram.bin").write_bytes(b"mmap lm ")  # a second LM put there by hand: which one is meant?
+    (out / "4gram.arpa").write_text("\\data\\\n")  # a second LM put there by hand: which one is meant?
     with pytest.raises(ValueError, match="more than one LM"):
         find_lm_file(out)

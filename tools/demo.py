@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from w2v.curves import plot_curves
-from w2v.lm.decode import export_processor_with_lm
+from w2v.lm.decode import PIPELINE_LM_MISSING, export_processor_with_lm, pipeline_lm_available
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -104,6 +104,9 @@ def main(argv=None) -> int:
     stage("test", evaluate_test)
 
     def export() -> None:  # pipeline("automatic-speech-recognition", model=final) now decodes with the LM
+        if not pipeline_lm_available():
+            print(f"export skipped: {PIPELINE_LM_MISSING}")
+            return
         tuned = json.loads((out / "eval_dev.json").read_text())["lm"]
         folder = export_processor_with_lm(final, lm, tuned["alpha"], tuned["beta"])
         print(f"exported the LM and its tuned weights into {folder}")

@@ -18,8 +18,8 @@
 - Batches: chunks of similar length, up to `batch_seconds` of padded audio; for a model without an
   attention mask (group-norm feature encoder), only chunks of the same length share a batch, since
   zero padding would change what such a model computes.
-- Decoding: greedy, or beam search with a KenLM n-gram (`w2v.lm.decode.BeamDecoder`); word times
-  come from the frames of each word (greedy path, or pyctcdecode's word frames).
+- Decoding: greedy, or beam search with an n-gram LM (`w2v.lm.decode.BeamDecoder`); word times
+  come from the frames of each word (the greedy path, or the beam's word frames).
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def batches_of(chunks: list[Chunk], batch_seconds: float, same_length: bool) -> 
 
 
 class Transcriber:
-    """A CTC model folder, ready to turn recordings into text (greedy, or with a KenLM n-gram)."""
+    """A CTC model folder, ready to turn recordings into text (greedy, or with an n-gram LM)."""
 
     def __init__(self, model, vocab: Vocabulary, decoder: BeamDecoder | None = None, device: str = "cpu",
                  chunk_seconds: float = 30.0, stride_seconds: float | None = None, batch_seconds: float = 160.0):
@@ -327,9 +327,9 @@ class Transcriber:
     def _decode(self, log_probs: np.ndarray) -> tuple[str, list[Word]]:
         seconds_per_frame = self.ratio / TARGET_SR
         if self.decoder is not None:
-            beam = self.decoder.decoder.decode_beams(log_probs, beam_width=self.decoder.beam_width)[0]
-            words = [Word(w, round(a * seconds_per_frame, 3), round(b * seconds_per_frame, 3)) for w, (a, b) in beam[2]]
-            return beam[0], words
+            text, frames = self.decoder.decode_words(log_probs)
+            words = [Word(w, round(a * seconds_per_frame, 3), round(b * seconds_per_frame, 3)) for w, (a, b) in frames]
+            return text, words
         text = greedy_decode(log_probs, self.inverse, self.vocab.pad_id)[0]
         return text, greedy_words(log_probs.argmax(-1), self.inverse, self.vocab.pad_id, seconds_per_frame)
 

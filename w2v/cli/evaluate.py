@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--placeholder", action="append", default=None, metavar="NAME=VALUE",
                    help="--corpus, SpeechBrain: the value of $NAME in its fields; repeatable")
     p.add_argument("--index", default=None, help="index.json for pipe:/URL shards")
-    p.add_argument("--lm", default=None, help="a folder from w2v-build-lm (or an .arpa/.bin file)")
+    p.add_argument("--lm", default=None, help="a folder from w2v-build-lm (or its .arpa file)")
     p.add_argument("--alpha", type=float, default=0.5, help="LM weight")
     p.add_argument("--beta", type=float, default=1.0, help="word insertion bonus")
     p.add_argument("--beam-width", type=int, default=64)
@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0])
     p.add_argument("--max-batch-seconds", type=float, default=EVAL_BATCH_SECONDS,
                    help="padded audio per forward pass (training's evaluation uses the same default)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--errors", default=None, help="per-utterance errors (JSONL)")
     p.add_argument("--worst", type=int, default=5, help="print the N worst utterances")
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
                                    pad=vocab.specials.pad, unk=vocab.specials.unk, delimiter=vocab.specials.delimiter)
         points = [(a, b) for a in args.alphas for b in args.betas] if args.tune else [(args.alpha, args.beta)]
         best, grid = None, []
-        # one decoder, one KenLM load for the whole grid; batches in a fork pool made after it
+        # one decoder, one LM load and one word tree for the whole grid; each batch on all cores' threads
         with BeamDecoder(labels, lm_file, load_unigrams(lm_file), points[0][0], points[0][1], args.beam_width,
                          processes=args.workers or os.cpu_count() or 1) as decoder:
             print(f"LM: {decoder.describe()}")

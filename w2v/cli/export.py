@@ -5,9 +5,9 @@
 
 `--tuned` reads the alpha and beta that `w2v-evaluate --tune --json FILE` chose. The folder is what
 `transformers.pipeline("automatic-speech-recognition", model=DIR)` loads with LM decoding
-(`Wav2Vec2ProcessorWithLM`), and what `w2v-transcribe DIR …` decodes with pyctcdecode directly
-(its `language_model/` and the weights in `language_model/attrs.json`), so it stays usable without
-`Wav2Vec2ProcessorWithLM`. Written under a temporary name and renamed when complete; an existing
+(`Wav2Vec2ProcessorWithLM`, which needs the extra `w2v[pipeline-lm]`: pyctcdecode and kenlm), and
+what `w2v-transcribe DIR …` decodes with w2v's own decoder (its `language_model/`, the ARPA there and
+the weights in `language_model/attrs.json`), with or without that extra. Written under a temporary name and renamed when complete; an existing
 `--out` is refused unless `--overwrite`.
 """
 
@@ -21,7 +21,13 @@ from pathlib import Path
 
 from w2v.atomic import atomic_dir
 from w2v.flags import ArgumentParser
-from w2v.lm.decode import export_processor_with_lm, find_lm_file, load_unigrams
+from w2v.lm.decode import (
+    PIPELINE_LM_MISSING,
+    export_processor_with_lm,
+    find_lm_file,
+    load_unigrams,
+    pipeline_lm_available,
+)
 
 MODEL_FILES = ("config.json", "vocab.json")
 
@@ -29,7 +35,7 @@ MODEL_FILES = ("config.json", "vocab.json")
 def parse_args(argv=None) -> argparse.Namespace:
     p = ArgumentParser(prog="w2v-export", description=__doc__.split("\n\n")[0], epilog=__doc__)
     p.add_argument("model", help="a model folder (train.py's final/)")
-    p.add_argument("--lm", required=True, help="a w2v-build-lm folder or a KenLM file")
+    p.add_argument("--lm", required=True, help="a w2v-build-lm folder or an ARPA file")
     weights = p.add_mutually_exclusive_group(required=True)
     weights.add_argument("--tuned", help="the JSON of `w2v-evaluate --tune --json`: its chosen alpha and beta")
     weights.add_argument("--alpha", type=float, help="LM weight (with --beta)")
@@ -69,6 +75,8 @@ def main(argv=None) -> int:
         unigrams = load_unigrams(lm_file)
         if out.exists() and not args.overwrite:
             raise ValueError(f"{out} exists: pass --overwrite to replace it")
+        if not pipeline_lm_available():
+            raise ValueError(PIPELINE_LM_MISSING)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@
     w2v-transcribe runs/x/final interview.m4a --format srt --out interview.srt
     w2v-transcribe runs/x/final clips.csv --audio-column wav --lm runs/lm --alpha 0.6 --beta 1.5
 
-Greedy decoding, or beam search with a KenLM n-gram (`--lm`, or the LM that `w2v-export` put in the
+Greedy decoding, or beam search with an n-gram LM (`--lm`, or the LM that `w2v-export` put in the
 model folder, with its tuned weights). Any sample rate and channel count; long recordings are
 chunked (`--chunk-seconds`) and stitched at frame level. One JSONL line per input: path, duration,
 text (and words with their times with `--words`); `txt` writes `path<TAB>text`; `srt`/`vtt`
@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output file (default: stdout), or a folder for srt/vtt of many inputs")
     p.add_argument("--format", default=None, choices=FORMATS, help="default: from --out's suffix, else jsonl")
     p.add_argument("--words", action="store_true", help="JSONL: each word with its start and end in seconds")
-    p.add_argument("--lm", default=None, help="a w2v-build-lm folder or KenLM file; 'none': greedy even if the "
+    p.add_argument("--lm", default=None, help="a w2v-build-lm folder or ARPA file; 'none': greedy even if the "
                                              "model folder holds an LM")
     p.add_argument("--alpha", type=float, default=None, help="LM weight (default: the exported one, else 0.5)")
     p.add_argument("--beta", type=float, default=None, help="word bonus (default: the exported one, else 1.0)")
