@@ -217,3 +217,14 @@ def test_texts_ending_in_a_delimiter_keep_their_last_word(lm_dir, noisy_utteranc
         assert jiwer.wer(texts, ours.decode_batch(ending)) < jiwer.wer(texts, rule.decode_batch(ending))
         text, words = ours.decode_words(ending[0])
         assert [w for w, _ in words] == text.split() and all(0 <= a < b <= len(ending[0]) for _, (a, b) in words)
+
+
+def test_export_without_the_pipeline_extra_is_one_error_line(tiny_model_dir, lm_dir, tmp_path, monkeypatch, capsys):
+    from w2v.cli import export
+
+    monkeypatch.setattr(export, "pipeline_lm_available", lambda: False)
+    out = tmp_path / "exported"
+    assert export.main([str(tiny_model_dir), "--lm", str(lm_dir), "--alpha", "0.5", "--beta", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "w2v[pipeline-lm]" in err and "--no-deps" in err
+    assert not out.exists()

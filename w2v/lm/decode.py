@@ -195,7 +195,7 @@ class BeamDecoder:
         if self.lm is None:
             return "no LM (beam search over the acoustic model alone)"
         counts = ", ".join(f"{n:,}" for n in self.lm.counts)
-        return f"{self.lm_file} ({self.lm.order}-gram: {counts} n-grams, {self.lm.nbytes() / 1e6:.1f} MB)"
+        return f"{self.lm_file} ({self.lm.order}-gram, {counts} n-grams, {self.lm.nbytes() / 1e6:.1f} MB)"
 
     def set_weights(self, alpha: float, beta: float) -> None:
         """New LM weight and word bonus; the LM and the word tree stay."""
@@ -227,8 +227,7 @@ class BeamDecoder:
         logp = _log_probs(np.asarray(logits), len(self.labels))
         lm = self.lm
         if lm is None:
-            none_i, none_f = np.zeros(1, np.int32), np.zeros(1, np.float32)
-            model = (none_f, none_f, none_i, none_i, 1, -1, -1, none_i, none_f, 0)
+            model = (*_NO_LM, 1, -1, -1, np.zeros(1, np.int32), np.zeros(1, np.float32), 0)
         else:
             words, backoffs, length = lm.start_state()
             model = (lm.prob, lm.backoff, lm.word, lm.child, lm.order, lm.unk, lm.eos, words, backoffs, length)
@@ -248,6 +247,17 @@ class BeamDecoder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+# Stand-ins for the LM's arrays when there is none: read-only like the memory-mapped ones, so numba
+# compiles the search once for both (a second signature would cost a second compilation).
+_NO_LM = (_read_only(np.zeros(1, np.float32)), _read_only(np.zeros(1, np.float32)),
+          _read_only(np.zeros(1, np.int32)), _read_only(np.zeros(1, np.int32)))
 
 
 def _log_probs(logits: np.ndarray, width: int) -> np.ndarray:
