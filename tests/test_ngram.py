@@ -124,3 +124,14 @@ def test_memory_is_compact(arpa):
     ngrams = sum(lm.counts)
     assert lm.nbytes() < 24 * ngrams + 64 * lm.vocab_size  # 16 bytes per n-gram below the top order, 8 at it
     assert isinstance(lm.prob, np.ndarray) and not lm.prob.flags.writeable  # memory-mapped, read-only
+
+
+def test_a_vocabulary_past_65535_words_keeps_exact_ids(tmp_path):
+    words = [f"w{i}" for i in range(70_000)]
+    text = "\n".join(" ".join(words[i:i + 10]) for i in range(0, len(words), 10)) + "\n"
+    arpa = tmp_path / "2gram.arpa"
+    lmplz(text, 2, arpa)
+    ours, theirs = NgramModel.load(arpa), kenlm.Model(str(arpa))
+    assert ours.word.dtype == np.int32 and ours.vocab_size > 70_000
+    for sentence in ("w69998 w69999", "w5 w6 w7", "w69999 w0 w12345 w12346"):
+        assert ours.score_sentence(sentence) == pytest.approx(theirs.score(sentence), abs=1e-4)

@@ -257,7 +257,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 # Stand-ins for the LM's arrays when there is none: read-only like the memory-mapped ones, so numba
 # compiles the search once for both (a second signature would cost a second compilation).
 _NO_LM = (_read_only(np.zeros(1, np.float32)), _read_only(np.zeros(1, np.float32)),
-          _read_only(np.zeros(1, np.int32)), _read_only(np.zeros(1, np.int32)))
+          _read_only(np.zeros(1, np.uint16)), _read_only(np.zeros(1, np.int32)))
 
 
 def _log_probs(logits: np.ndarray, width: int) -> np.ndarray:

@@ -12,7 +12,8 @@ exactly the suffixes the next state needs. Nodes of order k are stored after tho
 sorted by (parent, word); `child[i]:child[i+1]` are the children of node i, so one array serves
 every order. Unigram node i is word i.
 
-    word[n]      int32    the word this node adds (the oldest of its n-gram)
+    word[n]      uint16   the word this node adds (the oldest of its n-gram); int32 when the
+                          vocabulary has more than 65,535 words
     prob[n]      float32  log10 p(last word | the others): the ARPA's first column
     backoff[m]   float32  log10 backoff of the n-gram as a context (nodes below the top order)
     child[m+1]   int32/64 first child of each node below the top order, and the end
@@ -44,7 +45,7 @@ import numpy as np
 from w2v.atomic import atomic_dir
 from w2v.shards.columns import locked
 
-FORMAT = "w2v-ngram/1"
+FORMAT = "w2v-ngram/2"
 SPECIAL = ("<s>", "</s>", "<unk>")
 UNK_MISSING_LOG10 = -100.0  # KenLM's probability for unknown words when an ARPA has no <unk>
 
@@ -179,12 +180,12 @@ def build_arrays(names: list[str], sections: list[_Section]) -> dict[str, np.nda
     sizes = [len(s.prob) for s in sections]
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     total, below_top = int(starts[-1]), int(starts[-2])
-    word = np.empty(total, dtype=np.int32)
+    word = np.empty(total, dtype=np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32)
     prob = np.empty(total, dtype=np.float32)
     backoff = np.empty(below_top, dtype=np.float32)
     child = np.empty(below_top + 1, dtype=np.int32 if total < 2**31 - 1 else np.int64)
     uni = sections[0]
-    word[:vocab_size] = np.arange(vocab_size, dtype=np.int32)
+    word[:vocab_size] = np.arange(vocab_size)
     prob[:vocab_size] = uni.prob
     if len(sections) > 1:
         backoff[:vocab_size] = uni.backoff
