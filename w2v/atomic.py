@@ -4,11 +4,13 @@ Everything that matters is written this way (shards, the index, skipped.jsonl, f
 checkpoints, the final model folder): a crash, a preemption or Ctrl-C leaves either the previous
 version or nothing, never half a file, and no temporary behind. Temporaries sit beside their
 target (same file system, so the rename is atomic) under a dot name ending in `.tmp`. Standard
-library only: `w2v-fix-arpa` imports this without numpy.
+library only: `w2v-fix-arpa` imports this without numpy. `locked` makes one process build a
+shared cache (columns, the LM's arrays) while the others wait.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -106,3 +108,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     replace_path(tmp, path)
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """One process at a time builds what lives in `folder` (the others wait, then find it built)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -42,8 +42,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from w2v.atomic import atomic_dir
-from w2v.shards.columns import locked
+from w2v.atomic import atomic_dir, locked
 
 FORMAT = "w2v-ngram/2"
 SPECIAL = ("<s>", "</s>", "<unk>")

@@ -28,18 +28,16 @@ written, or an index behind a URL, gets its columns in a cache folder (`W2V_CACH
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from w2v.atomic import atomic_dir, write_atomic
+from w2v.atomic import atomic_dir, locked, write_atomic
 from w2v.shards.index import is_remote, iter_index_shards
 
 COLUMNS_DIR = "columns"
@@ -142,18 +140,6 @@ def columns_folder(location: str) -> Path:
     digest = hashlib.sha1(str(location if is_remote(location) else Path(location).resolve()).encode()).hexdigest()
     cache = Path(os.environ.get("W2V_CACHE_DIR", Path.home() / ".cache" / "w2v"))
     return cache / "columns" / digest[:16] / COLUMNS_DIR
-
-
-@contextmanager
-def locked(folder: Path) -> Iterator[None]:
-    """One process at a time builds what lives in `folder` (the others wait, then find it built)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _fresh(folder: Path, identity: dict) -> bool:
