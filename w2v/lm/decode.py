@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -165,6 +166,18 @@ class BeamDecoder:
         self.empty_last_word = empty_last_word  # pyctcdecode's end rule (w2v/lm/beam.py): for comparisons
         self.prune_history = prune_history  # as pyctcdecode's decode(): one beam per LM history
         self._threads: ThreadPoolExecutor | None = None
+        # numba compiles the search on a machine's first run (seconds) and loads it from its cache
+        # after that: done here, so that the first utterance is not the one that pays, and timed
+        start = time.perf_counter()
+        self._search(np.zeros((1, len(self.labels)), np.float32))
+        self.ready_seconds = time.perf_counter() - start
+
+    def ready_note(self, threshold: float = 3.0) -> str | None:
+        """A line for the user when getting the search ready was slow (its first compilation)."""
+        if self.ready_seconds < threshold:
+            return None
+        return (f"beam search ready in {self.ready_seconds:.1f} s (numba compiles it on a machine's first run "
+                "and caches it)")
 
     def _word_trie(self, unigrams: Sequence[str] | None) -> tuple[np.ndarray, ...]:
         """The LM's words spelled in label ids, and which are known (all, or those in `unigrams`)."""
