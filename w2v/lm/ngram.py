@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,13 +70,14 @@ class _Section:
     backoff: np.ndarray  # [count] float32 (zeros for the top order)
 
 
-def read_arpa(path: Path) -> tuple[list[str], list[_Section]]:
-    """The vocabulary (1-gram order) and one section of arrays per order, streamed line by line."""
+def read_arpa(path: Path) -> Iterator[tuple[list[int], list[str], _Section]]:
+    """Per order, streamed line by line: the header's counts, the vocabulary (complete from the
+    first section on: the 1-grams, in id order) and that order's arrays. One order at a time is in
+    memory: the caller builds from it before the next is read."""
     with _open_text(path) as handle:
         counts = _read_header(handle, path)
         vocab: dict[str, int] = {}
         names: list[str] = []
-        sections = []
         number = 0
         for order, count in enumerate(counts, start=1):
             top = order == len(counts)
@@ -123,8 +125,8 @@ def read_arpa(path: Path) -> tuple[list[str], list[_Section]]:
             if filled != count:
                 raise ArpaError(f"{path}: the {order}-gram section has {filled} entries, the header says {count}")
             _expect_section_end(handle, path, order, len(counts))
-            sections.append(_Section(words, prob, backoff))
-    return names, sections
+            yield counts, names, _Section(words, prob, backoff)
+            del words, prob, backoff  # built from by now: not held while the next order is read
 
 
 def _split_spaced(fields: list[str], order: int) -> list[str]:
@@ -173,24 +175,24 @@ def _expect_section_end(handle, path: Path, order: int, highest: int) -> None:
 # --- building the trie -------------------------------------------------------------------------
 
 
-def build_arrays(names: list[str], sections: list[_Section]) -> dict[str, np.ndarray]:
-    """The reversed trie's arrays from the ARPA's sections (see the module docstring)."""
-    vocab_size = len(names)
-    sizes = [len(s.prob) for s in sections]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+def build_arrays(sections: Iterator[tuple[list[int], list[str], _Section]]
+                 ) -> tuple[list[int], list[str], dict[str, np.ndarray]]:
+    """The counts per order, the vocabulary and the reversed trie's arrays, built order by order as
+    `read_arpa` reads them (see the module docstring)."""
+    counts, names, uni = next(sections)
+    vocab_size, orders = len(names), len(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     total, below_top = int(starts[-1]), int(starts[-2])
     word = np.empty(total, dtype=np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32)
     prob = np.empty(total, dtype=np.float32)
     backoff = np.empty(below_top, dtype=np.float32)
     child = np.empty(below_top + 1, dtype=np.int32 if total < 2**31 - 1 else np.int64)
-    uni = sections[0]
     word[:vocab_size] = np.arange(vocab_size)
     prob[:vocab_size] = uni.prob
-    if len(sections) > 1:
+    if orders > 1:
         backoff[:vocab_size] = uni.backoff
     keys = [np.arange(vocab_size, dtype=np.int64)]  # per order: parent-local index * V + word, sorted
-    for k in range(1, len(sections)):
-        sec = sections[k]
+    for k, (_, _, sec) in enumerate(sections, start=1):
         grams = sec.words  # [count, k+1], oldest first
         parent = grams[:, k].astype(np.int64)  # the newest word's unigram, then older words
         for depth in range(1, k):
@@ -214,17 +216,18 @@ def build_arrays(names: list[str], sections: list[_Section]) -> dict[str, np.nda
         lo, hi = int(starts[k]), int(starts[k + 1])
         word[lo:hi] = grams[order, 0]
         prob[lo:hi] = sec.prob[order]
-        if k + 1 < len(sections):
+        if k + 1 < orders:
             backoff[lo:hi] = sec.backoff[order]
         parents_sorted = own // vocab_size
         previous = int(starts[k - 1])
         child[previous:lo] = np.searchsorted(parents_sorted, np.arange(lo - previous)) + lo
-        keys.append(own)
-    if len(sections) > 1:
+        keys.append(own if k + 1 < orders else own[:0])  # the top order is nobody's parent
+        del grams, sec, order, own, parents_sorted
+    if orders > 1:
         child[below_top] = total
     else:
         child[:] = total
-    return {"word": word, "prob": prob, "backoff": backoff, "child": child}
+    return counts, names, {"word": word, "prob": prob, "backoff": backoff, "child": child}
 
 
 # --- the cache ---------------------------------------------------------------------------------
@@ -253,13 +256,11 @@ def _fresh(folder: Path, identity: dict) -> dict | None:
 
 
 def write_cache(arpa: Path, folder: Path) -> dict:
-    names, sections = read_arpa(arpa)
     try:
-        arrays = build_arrays(names, sections)
+        counts, names, arrays = build_arrays(read_arpa(arpa))
     except ArpaError as exc:
-        raise ArpaError(f"{arpa}: {exc}") from None
-    counts = [len(s.prob) for s in sections]
-    del sections
+        message = str(exc)
+        raise ArpaError(message if message.startswith(str(arpa)) else f"{arpa}: {message}") from None
     chars, offsets = _codepoints(names)
     meta = {"format": FORMAT, "arpa": _identity(arpa), "order": len(counts), "counts": counts}
     with atomic_dir(folder) as tmp:
