@@ -119,6 +119,7 @@ def test_batch_on_threads_matches_one_by_one(lm_dir):
         one_by_one = [decoder.decode(u) for u in utterances]
         assert decoder.decode_batch(utterances) == one_by_one
         assert decoder.decode_batch(padded, lengths) == one_by_one
+        assert decoder.decode_batch(decoder.prepare(padded, lengths)) == one_by_one  # what a grid reuses
         assert one_by_one[0] == "the cat"
         decoder.set_weights(alpha=0.0, beta=0.0)  # no LM weight: the acoustics win again
         assert decoder.decode_batch(utterances)[0] == "the cot"

@@ -195,11 +195,12 @@ def main(argv=None) -> int:
             print(f"LM: {decoder.describe()}")
             if decoder.ready_note():
                 print(decoder.ready_note(), file=sys.stderr)
+            prepared = decoder.prepare(log_probs)  # normalised once for the whole grid
             for alpha, beta in Progress(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1,
                                         interval=args.log_interval_seconds):
                 decoder.set_weights(alpha, beta)
                 start = time.perf_counter()
-                hyps = decoder.decode_batch(log_probs)
+                hyps = decoder.decode_batch(prepared)
                 seconds = time.perf_counter() - start
                 figures = {**score(refs, hyps), "alpha": alpha, "beta": beta}
                 grid.append(figures)

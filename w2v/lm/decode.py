@@ -224,10 +224,16 @@ class BeamDecoder:
         text = " ".join("".join(self.labels[i] if i >= 0 else " " for i in labels).split())
         return text, list(zip(text.split(), zip(starts.tolist(), ends.tolist(), strict=True), strict=False))
 
-    def decode_batch(self, logits: np.ndarray | Sequence[np.ndarray],
+    def prepare(self, logits: np.ndarray | Sequence[np.ndarray],
+                lengths: Sequence[int] | np.ndarray | None = None) -> Posteriors:
+        """The utterances as the search reads them (normalised log-probabilities), for decoding them
+        again at other weights without redoing that: what a grid search reuses."""
+        return Posteriors(_log_probs(x, len(self.labels)) for x in _unpad(logits, lengths))
+
+    def decode_batch(self, logits: np.ndarray | Sequence[np.ndarray] | Posteriors,
                      lengths: Sequence[int] | np.ndarray | None = None) -> list[str]:
-        """A padded [B, T, V] array with valid frames per row, or a list of [T_i, V] arrays."""
-        items = _unpad(logits, lengths)
+        """A padded [B, T, V] array with valid frames per row, a list of [T_i, V] arrays, or `prepare`'s."""
+        items = self.prepare(logits, lengths) if not isinstance(logits, Posteriors) else logits
         if self.processes == 1 or len(items) < 2:
             return [self.decode(x) for x in items]
         if self._threads is None:
@@ -237,7 +243,7 @@ class BeamDecoder:
         return [texts[i] for i in range(len(items))]
 
     def _search(self, logits: np.ndarray):
-        logp = _log_probs(np.asarray(logits), len(self.labels))
+        logp = logits if isinstance(logits, PreparedArray) else _log_probs(np.asarray(logits), len(self.labels))
         lm = self.lm
         if lm is None:
             model = (*_NO_LM, 1, -1, -1, np.zeros(1, np.int32), np.zeros(1, np.float32), 0)
@@ -260,6 +266,14 @@ class BeamDecoder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class PreparedArray(np.ndarray):
+    """One utterance's log-probabilities as the search reads them (`BeamDecoder.prepare`)."""
+
+
+class Posteriors(list):
+    """Utterances prepared by `BeamDecoder.prepare`: `decode_batch` decodes them as they are."""
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -287,7 +301,7 @@ def _log_probs(logits: np.ndarray, width: int) -> np.ndarray:
         with np.errstate(divide="ignore"):
             out = x - top - np.log(np.exp(x - top).sum(axis=1, keepdims=True))
         out = np.clip(out, np.log(MIN_PROB), 0.0)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return np.ascontiguousarray(out, dtype=np.float32).view(PreparedArray)
 
 
 def _unpad(logits: np.ndarray | Sequence[np.ndarray], lengths: Sequence[int] | np.ndarray | None) -> list[np.ndarray]:
