@@ -110,6 +110,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     replace_path(tmp, path)
 
 
+def cache_root() -> Path:
+    """Where shared caches go when the folder they belong beside is not writable (or is a URL):
+    `$W2V_CACHE_DIR`, default `~/.cache/w2v`."""
+    return Path(os.environ.get("W2V_CACHE_DIR", Path.home() / ".cache" / "w2v"))
+
+
 @contextmanager
 def locked(folder: Path) -> Iterator[None]:
     """One process at a time builds what lives in `folder` (the others wait, then find it built)."""

@@ -193,8 +193,8 @@ def main(argv=None) -> int:
         with BeamDecoder(labels, lm_file, load_unigrams(lm_file), points[0][0], points[0][1], args.beam_width,
                          processes=args.workers or os.cpu_count() or 1) as decoder:
             print(f"LM: {decoder.describe()}")
-            if decoder.ready_note():
-                print(decoder.ready_note(), file=sys.stderr)
+            if note := decoder.ready_note():
+                print(note, file=sys.stderr)
             prepared = decoder.prepare(log_probs)  # normalised once for the whole grid
             for alpha, beta in Progress(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1,
                                         interval=args.log_interval_seconds):

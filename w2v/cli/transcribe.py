@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     except (InputError, CorpusError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if transcriber.decoder is not None and transcriber.decoder.ready_note():
-        print(transcriber.decoder.ready_note(), file=sys.stderr)
+    if transcriber.decoder is not None and (note := transcriber.decoder.ready_note()):
+        print(note, file=sys.stderr)
     failed = 0
     writer = Writer(fmt, out, several=len(sources) > 1, words=args.words)
     try:

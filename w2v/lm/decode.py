@@ -158,7 +158,8 @@ class BeamDecoder:
         self.lm = NgramModel.load(self.lm_file) if self.lm_file is not None else None
         if self.lm is not None and unigrams is None:
             unigrams = load_unigrams(self.lm_file)
-        self.trie = self._word_trie(unigrams)
+        self.trie, self.known = self._word_trie(unigrams)
+        self._model = self._model_arrays()  # what the search reads of the LM: the same for every utterance
         self.alpha, self.beta = float(alpha), float(beta)
         self.beam_width, self.processes = beam_width, max(1, processes)
         self.beam_prune_logp, self.token_min_logp = float(beam_prune_logp), float(token_min_logp)
@@ -179,12 +180,11 @@ class BeamDecoder:
         return (f"beam search ready in {self.ready_seconds:.1f} s (numba compiles it on a machine's first run "
                 "and caches it)")
 
-    def _word_trie(self, unigrams: Sequence[str] | None) -> tuple[np.ndarray, ...]:
-        """The LM's words spelled in label ids, and which are known (all, or those in `unigrams`)."""
+    def _word_trie(self, unigrams: Sequence[str] | None) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """The LM's words spelled in label ids, and which words are known (all, or those in `unigrams`)."""
         if self.lm is None:
             empty = np.full(1, -1, np.int32)
-            self.known = np.zeros(1, np.bool_)
-            return empty, empty, empty, empty, np.zeros(1, np.bool_)
+            return (empty, empty, empty, empty, np.zeros(1, np.bool_)), np.zeros(1, np.bool_)
         lm = self.lm
         usable = np.ones(lm.vocab_size, np.bool_)
         for special in (lm.unk, lm.bos, lm.eos):
@@ -197,11 +197,18 @@ class BeamDecoder:
             ids = np.array([lm.word_id(w) for w in unigrams], dtype=np.int64)
             known[ids[ids >= 0]] = True
             known &= usable
-        self.known = known
         single = sorted((ord(label), i) for i, label in enumerate(self.labels) if len(label) == 1 and label != " ")
         label_cps = np.array([cp for cp, _ in single], dtype=np.int32)
         label_ids = np.array([i for _, i in single], dtype=np.int32)
-        return build_word_trie(lm.chars, lm.char_offsets, label_cps, label_ids, usable, known)
+        return build_word_trie(lm.chars, lm.char_offsets, label_cps, label_ids, usable, known), known
+
+    def _model_arrays(self) -> tuple:
+        """The LM's arrays, order, special words and start state, as `beam_search` takes them."""
+        lm = self.lm
+        if lm is None:
+            return (*_NO_LM, 1, -1, -1, np.zeros(1, np.int32), np.zeros(1, np.float32), 0)
+        words, backoffs, length = lm.start_state()
+        return (lm.prob, lm.backoff, lm.word, lm.child, lm.order, lm.unk, lm.eos, words, backoffs, length)
 
     def describe(self) -> str:
         """Which LM it decodes with: the file, its order and size (or that there is none)."""
@@ -244,16 +251,9 @@ class BeamDecoder:
 
     def _search(self, logits: np.ndarray):
         logp = logits if isinstance(logits, PreparedArray) else _log_probs(np.asarray(logits), len(self.labels))
-        lm = self.lm
-        if lm is None:
-            model = (*_NO_LM, 1, -1, -1, np.zeros(1, np.int32), np.zeros(1, np.float32), 0)
-        else:
-            words, backoffs, length = lm.start_state()
-            model = (lm.prob, lm.backoff, lm.word, lm.child, lm.order, lm.unk, lm.eos, words, backoffs, length)
         return beam_search(logp, self.blank, self.space, self.beam_width, self.beam_prune_logp, self.token_min_logp,
-                           self.alpha, self.beta, self.unk_score_offset, lm is not None, self.empty_last_word,
-                           self.prune_history,
-                           *self.trie, self.known, *model)
+                           self.alpha, self.beta, self.unk_score_offset, self.lm is not None, self.empty_last_word,
+                           self.prune_history, *self.trie, self.known, *self._model)
 
     def close(self) -> None:
         """Stop the threads."""

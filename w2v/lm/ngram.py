@@ -43,7 +43,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from w2v.atomic import atomic_dir, locked
+from w2v.atomic import atomic_dir, cache_root, locked
 
 FORMAT = "w2v-ngram/2"
 SPECIAL = ("<s>", "</s>", "<unk>")
@@ -239,7 +239,7 @@ def cache_folder(arpa: Path) -> Path:
     if os.access(arpa.parent, os.W_OK):
         return arpa.parent / f".{arpa.name}.w2v-lm"
     digest = hashlib.sha1(str(arpa).encode()).hexdigest()[:16]
-    return Path(os.environ.get("W2V_CACHE_DIR", Path.home() / ".cache" / "w2v")) / "lm" / digest / arpa.name
+    return cache_root() / "lm" / digest / arpa.name
 
 
 def _identity(arpa: Path) -> dict:

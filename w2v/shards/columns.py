@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from w2v.atomic import atomic_dir, locked, write_atomic
+from w2v.atomic import atomic_dir, cache_root, locked, write_atomic
 from w2v.shards.index import is_remote, iter_index_shards
 
 COLUMNS_DIR = "columns"
@@ -138,8 +138,7 @@ def columns_folder(location: str) -> Path:
         if os.access(parent, os.W_OK):
             return parent / COLUMNS_DIR
     digest = hashlib.sha1(str(location if is_remote(location) else Path(location).resolve()).encode()).hexdigest()
-    cache = Path(os.environ.get("W2V_CACHE_DIR", Path.home() / ".cache" / "w2v"))
-    return cache / "columns" / digest[:16] / COLUMNS_DIR
+    return cache_root() / "columns" / digest[:16] / COLUMNS_DIR
 
 
 def _fresh(folder: Path, identity: dict) -> bool:
