@@ -37,7 +37,8 @@ from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_pre
 from w2v.curves import plot_curves, read_metrics
 from w2v.data.labels import vocabulary_from_shards
 from w2v.data.loader import LoaderConfig, SpeechLoader, load_kernels
-from w2v.host_memory import estimate, loaded, rss_mb
+from w2v.fsdp import STRATEGIES, ShardedTraining, full_norm, rank_state_mb, shard_model
+from w2v.host_memory import count_parameters, estimate, loaded, rss_mb, strategy_table
 from w2v.metrics import ErrorCounts
 from w2v.model import CTCModel, build_processor, check_model_config, load_model, wants_attention_mask
 from w2v.preemption import PREEMPTED_EXIT_CODE, PreemptionSignal, parse_signals
@@ -71,6 +72,8 @@ def main(cfg: TrainConfig) -> None:
     trackers = resolve_trackers(cfg.report_to)
     cfg.mixed_precision, precision_why = resolve_mixed_precision(
         cfg, os.environ.get("ACCELERATE_MIXED_PRECISION"), torch.cuda.is_available())
+    if cfg.fsdp and cfg.mixed_precision == "fp16":  # Accelerate's loss scaler steps only the optimizers it wraps
+        raise ConfigError(f"--fsdp {cfg.fsdp} with fp16 ({precision_why}): use bf16 or no (fp32) with FSDP")
     ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.layerdrop > 0 or cfg.freeze_finetune_steps > 0)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               log_with=trackers or None,
@@ -129,7 +132,7 @@ def main(cfg: TrainConfig) -> None:
 
     # ---------------------------------------------------------------- model
     model, head_note = load_model(cfg, vocab)
-    model_files = ModelFiles(model, build_processor(vocab_file, model.config, vocab), normalizer)
+    model_files = ModelFiles(model, build_processor(vocab_file, model.config, vocab), normalizer, cfg.adapter_lang)
     use_mask = wants_attention_mask(model.config)
     conv = (model.config.conv_kernel, model.config.conv_stride)
     say(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
@@ -177,28 +180,33 @@ def main(cfg: TrainConfig) -> None:
     if cfg.dry_run:  # everything above ran as for training: config, shards, vocabulary, model, plan
         if main_proc:
             print_plan(train_loader, cfg, accelerator.num_processes)
+            for line in strategy_table(count_parameters(model), accelerator.num_processes, cfg.mixed_precision,
+                                       cfg.fsdp or "ddp"):
+                print(line)
+            print("dry run: nothing trained, no checkpoint written")
         accelerator.end_training()
         return
 
-    # ---------------------------------------------------------------- optimizer, schedule
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
-                                  fused=torch.cuda.is_available())  # one kernel per step on a GPU
+    # ---------------------------------------------------------------- model parallelism, optimizer, schedule
+    ctc_model, sharded = CTCModel(model), None
+    if cfg.fsdp:  # sharded before the optimizer is made: it must hold the shards
+        shard_model(ctc_model, model.wav2vec2.encoder.layers, cfg.fsdp, accelerator.device)
+    optimizer = make_optimizer(ctc_model, cfg)
     # Not passed to prepare(): an AcceleratedScheduler would step once per process; ours steps
     # exactly once per optimizer update that really happened.
     scheduler = make_scheduler(optimizer, cfg.lr_scheduler_type, max_steps, warmup, cfg.hold_ratio, cfg.final_lr_scale)
-    ctc_model, optimizer = accelerator.prepare(CTCModel(model), optimizer)
+    if cfg.fsdp:  # checkpointed by torch.distributed.checkpoint, not by Accelerate's save_state
+        sharded = ShardedTraining(ctc_model, optimizer)
+        say(f"fsdp {cfg.fsdp} over {accelerator.num_processes} rank(s): each holds 1/{accelerator.num_processes} "
+            "of the weights, gradients and optimizer state; one unit per transformer layer")
+    else:
+        ctc_model, optimizer = accelerator.prepare(ctc_model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
     # ---------------------------------------------------------------- resume
     update, counters = 0, {"skipped_nonfinite": 0, "skipped_overflow": 0}
     if ckpt is not None:
-        update, counters = resume(ckpt, cfg, accelerator, train_loader, vocab_file)
+        update, counters = resume(ckpt, cfg, accelerator, train_loader, vocab_file, sharded)
 
     # ---------------------------------------------------------------- the update loop
     preemption = PreemptionSignal(parse_signals(cfg.preemption_signals))
@@ -232,7 +240,8 @@ def main(cfg: TrainConfig) -> None:
         window_log.add(window, loss_sum, local_tokens)
 
         if update % cfg.logging_steps == 0 or update == max_steps:
-            record = window_log.flush(accelerator, update, scheduler, step.grad_norm, counters)
+            record = window_log.flush(accelerator, update, scheduler, step.grad_norm, counters,
+                                      rank_state_mb(ctc_model, optimizer))
             bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
             write_record(metrics_file, record, accelerator)
             if cfg.log_format == "json":
@@ -241,7 +250,8 @@ def main(cfg: TrainConfig) -> None:
                 tell(progress_line(record, max_steps, eta(update - start_update, max_steps - start_update,
                                                           time.monotonic() - started)))
         if eval_loader is not None and (update % cfg.eval_steps == 0 or update == max_steps) and not step.stop:
-            record, examples = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples)
+            record, examples = evaluate(ctc_model, eval_loader, vocab, accelerator, cfg.num_eval_examples,
+                                        in_step=sharded is not None)
             write_record(metrics_file, {"update": update, **record}, accelerator)
             if main_proc:  # the run's curves so far, redrawn at each evaluation
                 plot_curves(*read_metrics(out / "metrics.jsonl"), out / "curves.png")
@@ -250,22 +260,25 @@ def main(cfg: TrainConfig) -> None:
                 f"over {record['eval_utterances']} utterances; not scored: {record['eval_excluded'] or 'none'}")
             for ref, hyp in examples:
                 say(f"  ref: {ref}\n  hyp: {hyp}")
-            if main_proc and keep_if_best(out, cfg, update, record, model_files):
+            if keep_if_best(accelerator, out, cfg, update, record, model_files, sharded):
                 say(f"update {update}: the best {cfg.metric_for_best_model} so far: saved {out / 'best'}")
         if update % cfg.save_steps == 0 or update == max_steps or step.stop:  # the last too: it can go on
-            save_checkpoint(accelerator, out, update, cfg, train_loader, counters, schedule, model_files)
+            save_checkpoint(accelerator, out, update, cfg, train_loader, counters, schedule, model_files, sharded)
         if step.stop:  # every rank agreed in optimizer_step: they all leave after the same update
             bar.close()
             say(f"stopped by {preemption.received or 'a signal on another rank'} after update {update}: "
                 f"checkpoint {out / 'checkpoints' / f'step-{update}'}; go on with --resume_from_checkpoint auto")
+            batches.close()
             accelerator.end_training()
             sys.exit(PREEMPTED_EXIT_CODE)
+    batches.close()  # the loader's workers, stopped mid-epoch, leave now
     bar.close()
 
     # ---------------------------------------------------------------- the end: a Hugging Face folder
     accelerator.wait_for_everyone()
+    weights = sharded.full_weights() if sharded is not None else None  # every rank: a collective
     if main_proc:
-        final, best = save_final(out, model_files, from_best=cfg.load_best_model_at_end)
+        final, best = save_final(out, model_files, from_best=cfg.load_best_model_at_end, weights=weights)
         if best is not None:
             say(f"final/ is the best model: update {best['update']}, {best['metric']} {best['value']:.4f}")
         say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")
@@ -300,6 +313,11 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[SelectedShard], list[SelectedSh
         raise ConfigError(f"--preemption_signals {cfg.preemption_signals}: {exc}") from None
     if cfg.log_format not in ("text", "json"):
         raise ConfigError(f"--log_format {cfg.log_format}: choose text or json")
+    if cfg.adapter_lang and cfg.freeze_finetune_steps:
+        raise ConfigError("--adapter_lang trains only the adapters and the head (the base is frozen): "
+                          "freeze_finetune_steps does not apply; set it to 0")
+    if cfg.fsdp is not None and cfg.fsdp not in STRATEGIES:
+        raise ConfigError(f"--fsdp {cfg.fsdp}: choose one of {', '.join(STRATEGIES)} (unset: DDP)")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:
         raise ConfigError(f"--save_total_limit {cfg.save_total_limit}: keep at least 1 checkpoint (unset: all)")
     selected = []
@@ -316,6 +334,18 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[SelectedShard], list[SelectedSh
     if cfg.lr_scheduler_type not in SCHEDULES:
         raise ConfigError(f"--lr_scheduler_type {cfg.lr_scheduler_type}: choose one of {', '.join(SCHEDULES)}")
     return selected[0], selected[1]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the weights that train; no weight decay on biases and norms."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon,
+                             fused=torch.cuda.is_available())  # one kernel per step on a GPU
 
 
 def loader_config(cfg: TrainConfig, attention_mask: bool) -> LoaderConfig:
@@ -391,13 +421,14 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss_s
     flags = accelerator.reduce(torch.stack([(~torch.isfinite(loss_sum)).float(),
                                             torch.tensor(float(stop_requested), device=loss_sum.device)]), "sum")
     bad, stop = (flags > 0).tolist()
-    grad_norm = None if bad else accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    grad_norm = None if bad else full_norm(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
     if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.scaler is None:
         bad = True  # with a scaler, an inf gradient is an overflow that optimizer.step() skips itself
     outcome = "nonfinite"
     if not bad:
         optimizer.step()
-        outcome = "overflow" if optimizer.step_was_skipped else "stepped"
+        # Accelerate's optimizer says when its fp16 scaler skipped the step; FSDP's plain one never does
+        outcome = "overflow" if getattr(optimizer, "step_was_skipped", False) else "stepped"
         if outcome == "stepped":  # the schedule follows the updates that really happened
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -428,7 +459,8 @@ class LogWindow:
         self.padded += sum(b["padded_seconds"] for b in window)
         self.updates += 1
 
-    def flush(self, accelerator: Accelerator, update: int, scheduler, grad_norm, counters: dict) -> dict:
+    def flush(self, accelerator: Accelerator, update: int, scheduler, grad_norm, counters: dict,
+              state_mb: float) -> dict:
         sums = accelerator.reduce(torch.tensor([self.loss, self.tokens, self.audio, self.padded],
                                                dtype=torch.float64, device=accelerator.device), "sum").tolist()
         elapsed = time.perf_counter() - self.start
@@ -454,6 +486,9 @@ class LogWindow:
             "loader_wait_seconds_max_rank": wait_max,
             "world_size": accelerator.num_processes,
             "host_rss_mb_max_rank": accelerator.reduce(torch.tensor(rss_mb(), device=accelerator.device), "max").item(),
+            # weights and optimizer state one rank holds: all of them under DDP, 1/N under FSDP
+            "model_state_mb_max_rank": accelerator.reduce(torch.tensor(state_mb, device=accelerator.device),
+                                                          "max").item(),
             "epoch": self.loader.epoch,
             "drops": dict(drops),
             "remote_retries": retries,
@@ -487,12 +522,13 @@ def write_record(handle, record: dict, accelerator: Accelerator) -> None:
 
 
 def evaluate(model, loader: SpeechLoader, vocab: Vocabulary, accelerator: Accelerator,
-             n_examples: int) -> tuple[dict, list[tuple[str, str]]]:
+             n_examples: int, in_step: bool = False) -> tuple[dict, list[tuple[str, str]]]:
     """Greedy WER/CER over the eval shards, exact across ranks (each utterance counted once), and
     what could not be scored (damaged shards or members), by reason; and a few (reference,
-    hypothesis) pairs of this rank to show."""
+    hypothesis) pairs of this rank to show. `in_step`: every rank runs every batch through the model,
+    its stand-ins too (FSDP's forward gathers weights from all ranks)."""
     model.eval()
-    mine = greedy_scores(model, loader, vocab, accelerator.device, accelerator.autocast, n_examples)
+    mine = greedy_scores(model, loader, vocab, accelerator.device, accelerator.autocast, n_examples, in_step)
     total = accelerator.gather(torch.tensor([mine.counts.as_list()], device=accelerator.device))
     total = ErrorCounts(*total.sum(0).tolist())
     loss = torch.tensor([mine.loss_sum, mine.labels], dtype=torch.float64, device=accelerator.device)
@@ -522,7 +558,6 @@ def print_plan(loader: SpeechLoader, cfg: TrainConfig, world: int) -> None:
         print(f"{rank:>4} {batches:>8} {updates:>8} {audio / 3600:>8.3f} {padded / 3600:>9.3f} "
               f"{100 * (1 - audio / padded) if padded else 0.0:>7.1f}% {per_update:>16.1f} "
               f"{padded_per_batch.max(initial=0.0):>16.1f}")
-    print("dry run: nothing trained, no checkpoint written")
 
 
 def run() -> int:

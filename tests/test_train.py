@@ -29,13 +29,14 @@ TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
 def launch(out: Path, shards, *args: str, procs: int = 1, check: bool = True,
-           hooks: dict[str, str] | None = None, precision: str = "no") -> subprocess.CompletedProcess:
+           hooks: dict[str, str] | None = None, precision: str = "no",
+           config: str | Path = TINY) -> subprocess.CompletedProcess:
     """`accelerate launch [--multi_gpu --num_processes 2] train.py --config configs/tiny.yaml …`;
     with `hooks` (W2V_TEST_* variables), tests/train_with_hooks.py instead of train.py."""
     dist = ["--multi_gpu", "--num_processes", "2"] if procs == 2 else ["--num_processes", "1"]
     script = ROOT / ("tests/train_with_hooks.py" if hooks else "train.py")
     cmd = [ACCELERATE, "launch", *dist, "--num_machines", "1", "--mixed_precision", precision, "--dynamo_backend", "no",
-           str(script), "--config", TINY, "--train_shards", str(shards), "--output_dir", str(out), *args]
+           str(script), "--config", str(config), "--train_shards", str(shards), "--output_dir", str(out), *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(hooks or {})}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     if check and proc.returncode != 0:

@@ -66,6 +66,13 @@ class TrainConfig:
     feat_proj_dropout: float = 0.0
     final_dropout: float = 0.0
     gradient_checkpointing: bool = False
+    adapter_lang: str | None = field(default=None, metadata={
+        "help": "MMS adapter fine-tuning: train only this language's attention adapters and a CTC head (base "
+                "frozen) on a checkpoint with adapter_attn_dim; saves adapter.CODE.safetensors beside the model"})
+    # --- parallelism ----------------------------------------------------------------------------
+    fsdp: str | None = field(default=None, metadata={
+        "help": "full_shard | shard_grad_op: shard weights, gradients and optimizer state over the ranks (PyTorch "
+                "FSDP2, one unit per transformer layer); unset: DDP, every rank holds all of them"})
     # --- optimisation ---------------------------------------------------------------------------
     learning_rate: float = 1e-4
     weight_decay: float = 0.005

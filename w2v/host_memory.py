@@ -20,6 +20,11 @@ system keeps glibc's.
 What a rank needs (`estimate`, printed by `train.py --dry_run`; the formula and its measurements
 are in docs/memory.md) depends on the batch cap, the loader's buffers, the worker count and the
 model, never on the corpus size (the metadata is memory-mapped) or the number of updates.
+
+For a big model across ranks (XLS-R 1B/2B, MMS-1B), `strategy_table` gives what each rank holds of
+weights, gradients and AdamW state under DDP, FSDP full_shard and shard_grad_op, from the model's
+parameter counts (`count_parameters`, which a model on the meta device serves as well) and the
+formulas of `per_rank` (docs/memory.md, "Planning a big model").
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import ctypes.util
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -139,3 +145,151 @@ def rss_mb() -> float:
     except OSError:
         pass
     return math.nan
+
+
+# Planning a big model (XLS-R 1B/2B, MMS-1B) across ranks: the bytes per rank of its weights,
+# gradients and optimizer state under DDP and FSDP2, from the parameter counts alone (a model built
+# on the meta device is enough). Decimal units (1 GB = 10^9 bytes), as model sizes are quoted.
+
+STRATEGIES = ("ddp", "full_shard", "shard_grad_op")
+FP32 = 4  # bytes: master weights and gradients stay fp32 whatever the autocast precision
+ADAMW = 8  # bytes: two fp32 states per trainable parameter
+# The FSDP units: each transformer layer of model.wav2vec2.encoder.layers; a prefix such as
+# "module." (a DDP wrapper) or "_orig_mod." (torch.compile) may come before it.
+LAYER = re.compile(r"(?:^|\.)wav2vec2\.encoder\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One FSDP unit: its name, its parameter count and how many of them train."""
+
+    name: str
+    params: int
+    trainable: int
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """A model's parameters by FSDP unit: `units[0]` is the root (everything outside the encoder
+    layers), then one unit per encoder layer, in order."""
+
+    units: tuple[Unit, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(unit.params for unit in self.units)
+
+    @property
+    def trainable(self) -> int:
+        return sum(unit.trainable for unit in self.units)
+
+    @property
+    def root(self) -> Unit:
+        return self.units[0]
+
+    @property
+    def layers(self) -> tuple[Unit, ...]:
+        return self.units[1:]
+
+
+def count_parameters(model) -> ParameterCounts:
+    """Parameters and trainable parameters (requires_grad) of a Wav2Vec2ForCTC, per FSDP unit.
+    Reads only numel and requires_grad, so a model on the meta device plans as a real one would;
+    named_parameters() yields a shared tensor once, as it is stored once."""
+    root, trainable_root = 0, 0
+    layers: dict[int, list[int]] = {}
+    for name, param in model.named_parameters():
+        numel, trains = param.numel(), int(param.requires_grad)
+        if match := LAYER.search(name):
+            counts = layers.setdefault(int(match.group(1)), [0, 0])
+            counts[0] += numel
+            counts[1] += numel * trains
+        else:
+            root += numel
+            trainable_root += numel * trains
+    return ParameterCounts((Unit("root", root, trainable_root),
+                            *(Unit(f"layer {i}", *layers[i]) for i in sorted(layers))))
+
+
+@dataclass(frozen=True)
+class RankMemory:
+    """Bytes one rank holds at the peak of a step, by part. `weights`, `gradients` and `optimizer`
+    are the rank's own (sharded under FSDP); `gathered`: weights all-gathered from the other ranks
+    and held at the peak; `buffers`: gradients in flight (DDP's buckets, or a unit's unsharded
+    gradient before its reduce-scatter)."""
+
+    strategy: str
+    world_size: int
+    weights: int
+    gradients: int
+    optimizer: int
+    gathered: int
+    buffers: int
+
+    @property
+    def transient(self) -> int:
+        return self.gathered + self.buffers
+
+    @property
+    def peak_weights(self) -> int:
+        """Weights resident at the peak: the rank's own and those gathered."""
+        return self.weights + self.gathered
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.transient
+
+
+def shard(nbytes: int, world_size: int) -> int:
+    """A rank's share of sharded state (rounded up; the per-tensor padding FSDP adds is ignored)."""
+    return -(-nbytes // world_size)
+
+
+def per_rank(counts: ParameterCounts, world_size: int, strategy: str) -> RankMemory:
+    """Bytes per rank of weights, gradients, AdamW state and transient buffers for one strategy:
+    "ddp", "full_shard" or "shard_grad_op" (FSDP2 reshard_after_forward True / False); the
+    formulas are in docs/memory.md. Frozen parameters hold only their weights."""
+    strategy = strategy.lower()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    if world_size < 1:
+        raise ValueError(f"world size {world_size}: expected 1 or more")
+    P, T, W = counts.total, counts.trainable, world_size
+    if strategy == "ddp":  # everything replicated, plus the buckets: another copy of the gradients
+        return RankMemory(strategy, W, FP32 * P, FP32 * T, ADAMW * T, gathered=0, buffers=FP32 * T)
+    # Under FSDP the backward unshards one unit's gradient at a time before its reduce-scatter.
+    unsharded_gradient = FP32 * max(unit.trainable for unit in counts.units)
+    if strategy == "full_shard":
+        # The root is not resharded after forward (FSDP2), so it stays gathered through the step;
+        # of the layers, the one computing and the next one prefetched.
+        largest_layer = max((unit.params for unit in counts.layers), default=0)
+        gathered = FP32 * (counts.root.params + 2 * largest_layer)
+    else:  # shard_grad_op: every unit gathered in the forward stays so until its backward
+        gathered = FP32 * P
+    return RankMemory(strategy, W, shard(FP32 * P, W), shard(FP32 * T, W), shard(ADAMW * T, W),
+                      gathered=gathered, buffers=unsharded_gradient)
+
+
+def size(nbytes: int) -> str:
+    """Bytes to read in a table: GB with 2 decimals, MB below 1 GB."""
+    return f"{nbytes / 1e9:.2f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.1f} MB"
+
+
+def strategy_table(counts: ParameterCounts, world_size: int, precision: str, strategy: str = "ddp") -> list[str]:
+    """Lines of a table, one row per strategy, of what a rank holds at world size `world_size`;
+    `strategy` (the run's: "ddp" when it does not use FSDP) is marked with *. The precision is
+    the autocast's: it changes the activations, not these fp32 weights, gradients and states."""
+    strategy = strategy.lower()
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy {strategy!r}: expected one of {', '.join(STRATEGIES)}")
+    lines = [f"model memory per rank, world size {world_size}, mixed precision {precision} (the activations'; "
+             f"weights, gradients, AdamW state fp32): {counts.total / 1e6:.1f} M parameters, "
+             f"{counts.trainable / 1e6:.1f} M trainable",
+             f"  {'strategy':<14} {'weights':>10} {'gradients':>10} {'optimizer':>10} {'transient':>10} {'total':>10}"]
+    for name in STRATEGIES:
+        m = per_rank(counts, world_size, name)
+        lines.append(f"{'*' if name == strategy else ' '} {name:<14} {size(m.weights):>10} {size(m.gradients):>10} "
+                     f"{size(m.optimizer):>10} {size(m.transient):>10} {size(m.total):>10}")
+    lines.append("  (* this run; transient: DDP's gradient buckets, or FSDP's gathered weights and one unit's "
+                 "unsharded gradient; shard_grad_op keeps all weights gathered from forward to backward)")
+    return lines

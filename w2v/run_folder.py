@@ -4,7 +4,9 @@
     OUTPUT_DIR/metrics.jsonl                  one line per logging step and evaluation
     OUTPUT_DIR/checkpoints/step-N/            Accelerate's save_state, each rank's loader state,
                                               trainer_state.json, vocab.json, and model/ (the model's
-                                              config, processor and normaliser: a checkpoint is a model)
+                                              config, processor and normaliser: a checkpoint is a model);
+                                              with FSDP the weights and optimizer are in sharded/
+                                              (torch.distributed.checkpoint, one file per rank)
     OUTPUT_DIR/best/                          the best model by --metric_for_best_model, best_state.json
     OUTPUT_DIR/final/                         a plain Hugging Face folder (or best/ with
                                               --load_best_model_at_end)
@@ -24,11 +26,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
+from safetensors.torch import save_file
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
 from w2v.atomic import TMP_SUFFIX, atomic_dir, replace_path
 from w2v.config import ConfigError, TrainConfig
+from w2v.fsdp import CTC_PREFIX, SHARDED_STATE, ShardedTraining, load_full_weights
+from w2v.model import ADAPTER_FILE, adapter_weights
 from w2v.text import TextNormalizer
 
 if TYPE_CHECKING:
@@ -52,10 +57,15 @@ class ModelFiles:
     model: Wav2Vec2ForCTC
     processor: Wav2Vec2Processor
     normalizer: TextNormalizer
+    adapter_lang: str | None = None  # MMS adapter training: adapter.CODE.safetensors beside the weights
 
-    def save(self, folder: Path, weights: bool = False) -> None:
+    def save(self, folder: Path, weights: bool = False, state_dict: dict | None = None) -> None:
+        """`state_dict`: the weights to write when the model's own are shards (FSDP)."""
         if weights:
-            self.model.save_pretrained(folder)
+            self.model.save_pretrained(folder, state_dict=state_dict)
+            if self.adapter_lang:
+                save_file(adapter_weights(self.model, state_dict), folder / ADAPTER_FILE.format(self.adapter_lang),
+                          metadata={"format": "pt"})
         else:
             self.model.config.save_pretrained(folder)
         self.processor.save_pretrained(folder)
@@ -109,7 +119,7 @@ def padded_seconds_per_update(loader: SpeechLoader, cfg: TrainConfig, world_size
 
 
 def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: TrainConfig, loader: SpeechLoader,
-                    counters: dict, schedule: dict, files: ModelFiles) -> None:
+                    counters: dict, schedule: dict, files: ModelFiles, sharded: ShardedTraining | None = None) -> None:
     """save_state into a temporary folder, renamed when complete: a crash never damages the last good one.
     Its `model/` holds the model's config, processor and normaliser, so that w2v-evaluate and
     w2v-transcribe read a checkpoint as a model (load_for_inference)."""
@@ -120,7 +130,9 @@ def save_checkpoint(accelerator: Accelerator, out: Path, update: int, cfg: Train
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    accelerator.save_state(str(tmp))  # with FSDP: the schedule and random states; the rest below
+    if sharded is not None:
+        sharded.save(tmp / SHARDED_STATE)
     (tmp / f"loader_rank{accelerator.process_index}.json").write_text(json.dumps(loader.state_dict()))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -143,19 +155,24 @@ def check_resumable(cfg: TrainConfig, state: dict, vocab_file: Path, ckpt: Path)
              for k in RESUME_MUST_MATCH if state["config"].get(k) != getattr(cfg, k)]
     if (ckpt / "vocab.json").read_text() != vocab_file.read_text():
         diffs.append("vocab.json differs")
+    if (ckpt / SHARDED_STATE).is_dir() != bool(cfg.fsdp):  # full_shard and shard_grad_op save alike
+        diffs.append(f"fsdp: checkpoint {'sharded' if (ckpt / SHARDED_STATE).is_dir() else 'not sharded (DDP)'}, "
+                     f"now {cfg.fsdp or 'DDP'}")
     if diffs:
         raise ConfigError(f"{ckpt} comes from another configuration; it cannot be resumed:\n  "
                           + "\n  ".join(diffs))
 
 
 def resume(ckpt: Path, cfg: TrainConfig, accelerator: Accelerator, loader: SpeechLoader,
-           vocab_file: Path) -> tuple[int, dict]:
+           vocab_file: Path, sharded: ShardedTraining | None = None) -> tuple[int, dict]:
     """Model, optimizer, schedule, RNG and loader from a checkpoint; (update, counters). The same
     world resumes exactly; another one re-plans the rest of the epoch (SpeechLoader.load_state_dict)."""
     say = accelerator.print
     state = json.loads((ckpt / "trainer_state.json").read_text())
     check_resumable(cfg, state, vocab_file, ckpt)
     accelerator.load_state(str(ckpt))
+    if sharded is not None:
+        sharded.load(ckpt / SHARDED_STATE)
     loader_states = [json.loads(p.read_text()) for p in sorted(ckpt.glob("loader_rank*.json"),
                                                                key=lambda p: int(p.stem[len("loader_rank"):]))]
     try:
@@ -178,9 +195,9 @@ def resume(ckpt: Path, cfg: TrainConfig, accelerator: Accelerator, loader: Speec
     return update, state["counters"]
 
 
-def keep_if_best(out: Path, cfg: TrainConfig, update: int, record: dict, files: ModelFiles) -> bool:
-    """OUTPUT_DIR/best/ becomes this model when its metric beats the one kept (or none is kept yet;
-    a resumed run compares with what best/ holds). A NaN metric never wins."""
+def beats_best(out: Path, cfg: TrainConfig, record: dict) -> bool:
+    """Whether this evaluation beats the model best/ holds (or none is kept yet; a resumed run
+    compares with what best/ holds). A NaN metric never wins."""
     value = record[cfg.metric_for_best_model]
     if not math.isfinite(value):
         return False
@@ -190,24 +207,39 @@ def keep_if_best(out: Path, cfg: TrainConfig, update: int, record: dict, files: 
         if kept["metric"] == cfg.metric_for_best_model and (
                 value <= kept["value"] if cfg.greater_is_better else value >= kept["value"]):
             return False
-    with atomic_dir(out / "best") as tmp:
-        files.save(tmp, weights=True)
-        (tmp / BEST_STATE).write_text(json.dumps({"update": update, "metric": cfg.metric_for_best_model,
-                                                  "value": value, "greater_is_better": cfg.greater_is_better}))
     return True
 
 
-def save_final(out: Path, files: ModelFiles, from_best: bool) -> tuple[Path, dict | None]:
+def keep_if_best(accelerator: Accelerator, out: Path, cfg: TrainConfig, update: int, record: dict,
+                 files: ModelFiles, sharded: ShardedTraining | None = None) -> bool:
+    """OUTPUT_DIR/best/ becomes this model when it beats the one kept. Every rank calls it: rank 0
+    decides and writes; with FSDP every rank takes part in gathering the weights."""
+    better = broadcast_object_list([beats_best(out, cfg, record) if accelerator.is_main_process else None])[0]
+    if not better:
+        return False
+    weights = sharded.full_weights() if sharded is not None else None
+    if accelerator.is_main_process:
+        with atomic_dir(out / "best") as tmp:
+            files.save(tmp, weights=True, state_dict=weights)
+            (tmp / BEST_STATE).write_text(json.dumps({
+                "update": update, "metric": cfg.metric_for_best_model, "value": record[cfg.metric_for_best_model],
+                "greater_is_better": cfg.greater_is_better}))
+    return True
+
+
+def save_final(out: Path, files: ModelFiles, from_best: bool,
+               weights: dict | None = None) -> tuple[Path, dict | None]:
     """OUTPUT_DIR/final: a plain Hugging Face folder (model, tokenizer, feature extractor, and the
-    text normaliser); with `from_best` and a best/ kept, a copy of best/. Returns the folder and,
-    when it is best/'s copy, what best/ was kept for."""
+    text normaliser); with `from_best` and a best/ kept, a copy of best/. `weights`: the full state
+    dict when the model holds shards (FSDP). Returns the folder and, when it is best/'s copy, what
+    best/ was kept for."""
     final = out / "final"
     with atomic_dir(final) as tmp:
         if from_best and (out / "best").is_dir():
             tmp.rmdir()
             shutil.copytree(out / "best", tmp)
         else:
-            files.save(tmp, weights=True)
+            files.save(tmp, weights=True, state_dict=weights)
     best = final / BEST_STATE
     return final, json.loads(best.read_text()) if best.is_file() else None
 
@@ -236,20 +268,35 @@ def model_folder_kind(folder: str | Path) -> str:
     return "model"
 
 
-def load_for_inference(folder: str | Path) -> tuple[Wav2Vec2ForCTC, Path]:
+def load_for_inference(folder: str | Path, adapter_lang: str | None = None) -> tuple[Wav2Vec2ForCTC, Path]:
     """A Wav2Vec2ForCTC in eval mode from a model folder, or from a train.py checkpoint
     (checkpoints/step-N: its weights, and the config, vocabulary and normaliser in its `model/`);
-    and the folder that holds the vocabulary and normaliser. A missing folder is a ValueError."""
+    and the folder that holds the vocabulary and normaliser. `adapter_lang`: an MMS model with
+    that language's adapters and head (its adapter.CODE.safetensors). A missing folder, or
+    adapter, is a ValueError."""
     from safetensors.torch import load_file
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its "Loading weights" bar: nothing to see for a local folder
     folder = Path(folder)
-    if model_folder_kind(folder) == "checkpoint":
+    kind = model_folder_kind(folder)
+    if adapter_lang:
+        if kind == "checkpoint":
+            raise ValueError(f"{folder}: a checkpoint holds the adapters it trained; --adapter_lang is for model "
+                             "folders (final/, best/, an MMS checkpoint)")
+        if not (folder / ADAPTER_FILE.format(adapter_lang)).is_file():
+            have = sorted(p.name.split(".")[1] for p in folder.glob(ADAPTER_FILE.format("*")))
+            raise ValueError(f"{folder}: no {ADAPTER_FILE.format(adapter_lang)} (adapters here: "
+                             f"{', '.join(have) or 'none'})")
+        return Wav2Vec2ForCTC.from_pretrained(folder, target_lang=adapter_lang).eval(), folder
+    if kind == "checkpoint":
         files = folder / CHECKPOINT_MODEL_FILES
         model = Wav2Vec2ForCTC(Wav2Vec2Config.from_pretrained(files))
+        if (folder / SHARDED_STATE).is_dir():  # an FSDP checkpoint: its shards, read as one
+            load_full_weights(folder / SHARDED_STATE, model.state_dict(), CTC_PREFIX)
+            return model.eval(), files
         # the training wrapper (CTCModel) holds the Hugging Face model as `model`
-        state = {k.removeprefix("model."): v for k, v in load_file(folder / "model.safetensors").items()}
+        state = {k.removeprefix(CTC_PREFIX): v for k, v in load_file(folder / "model.safetensors").items()}
         model.load_state_dict(state)
         return model.eval(), files
     return Wav2Vec2ForCTC.from_pretrained(folder).eval(), folder

@@ -72,14 +72,17 @@ class Scored:
 
 
 def acoustic_pass(model: torch.nn.Module, batches: Iterable[dict], device: torch.device | str = "cpu",
-                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-                  ) -> Iterator[Scored]:
+                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                  in_step: bool = False) -> Iterator[Scored]:
     """The model over the loader's batches, without gradients; an `empty` batch (a stand-in that
-    keeps ranks in step) has nothing to score and is passed over."""
+    keeps ranks in step) has nothing to score and is passed over, or with `in_step` run and
+    dropped (a sharded model's forward is a collective: every rank must run as many)."""
     core = getattr(model, "module", model)  # DDP keeps the model it wraps as .module
     with torch.no_grad():
         for batch in batches:
             if batch["empty"]:
+                if in_step:
+                    log_probs(model, batch["input_values"].to(device), None, autocast)
                 continue
             start = time.perf_counter()
             mask = batch["attention_mask"].to(device) if "attention_mask" in batch else None
@@ -101,11 +104,11 @@ class GreedyScores:
 
 def greedy_scores(model: torch.nn.Module, loader: SpeechLoader, vocab: Vocabulary, device: torch.device | str = "cpu",
                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-                  n_examples: int = 0) -> GreedyScores:
+                  n_examples: int = 0, in_step: bool = False) -> GreedyScores:
     """Greedy WER/CER counts and the CTC loss of the loader's utterances (this rank's share)."""
     scores, inverse = GreedyScores(), vocab.decoding_table()
     loss = torch.zeros(2, dtype=torch.float64, device=device)  # CTC loss sum, labels
-    for s in acoustic_pass(model, loader, device, autocast):
+    for s in acoustic_pass(model, loader, device, autocast, in_step):
         hyps = greedy_decode(s.log_probs.cpu().numpy(), inverse, vocab.pad_id, s.frames.cpu().numpy())
         labels = torch.from_numpy(pad_labels([vocab.encode(t) for t in s.batch["texts"]])).to(device)
         loss += torch.stack([ctc_sum(s.log_probs, labels, s.frames, vocab.pad_id).double(),

@@ -300,18 +300,26 @@ class SpeechLoader:
             finally:
                 gc.unfreeze()
         held: dict[tuple[int, int], dict] = {}
-        for index, worker in expected:
-            start = time.perf_counter()
-            while (worker, index) not in held:
-                batch = next(source)
-                held[(batch["worker"], batch["index"])] = batch
-            self.wait_seconds += time.perf_counter() - start
-            batch = held.pop((worker, index))
-            if self.cfg.pin_memory and self.cfg.num_workers == 0:  # (a DataLoader pins in its own thread)
-                batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            self.consumed[worker] = index + 1
-            self.worker_stats[worker] = batch["stats"]
-            yield batch
+        try:
+            for index, worker in expected:
+                start = time.perf_counter()
+                while (worker, index) not in held:
+                    batch = next(source)
+                    held[(batch["worker"], batch["index"])] = batch
+                self.wait_seconds += time.perf_counter() - start
+                batch = held.pop((worker, index))
+                if self.cfg.pin_memory and self.cfg.num_workers == 0:  # (a DataLoader pins in its own thread)
+                    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                self.consumed[worker] = index + 1
+                self.worker_stats[worker] = batch["stats"]
+                yield batch
+        finally:
+            # Stopped mid-epoch (the run's last update, a preemption): the workers go now. Left to the
+            # garbage collector they would outlive main(), and the interpreter's exit would wait on
+            # them for ever (they ignore the SIGTERM it sends them, see _ignore_stop_signals).
+            shutdown = getattr(source, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
     def diagnostics(self) -> dict:
         """Counters the training loop logs: drops by reason, corrupt members, loader wait, decode
