@@ -71,7 +71,9 @@ def load_model(cfg: TrainConfig, vocab: Vocabulary) -> tuple[Wav2Vec2ForCTC, str
     CTC model of another language) keeps it only for that vocabulary (`--vocab_path`), else it
     needs `--ignore_mismatched_sizes` for a fresh head: a head must never map ids to other letters.
     """
-    if cfg.model_config and not cfg.model_name_or_path:
+    if cfg.adapter_lang:
+        model, note = _load_for_adapters(cfg, vocab)
+    elif cfg.model_config and not cfg.model_name_or_path:
         check_model_config(cfg.model_config)
         model = Wav2Vec2ForCTC(Wav2Vec2Config(**{**cfg.model_config, **_ctc_overrides(cfg, vocab)}))
         note = f"a model from scratch with a CTC head of {len(vocab)} labels"
@@ -84,6 +86,52 @@ def load_model(cfg: TrainConfig, vocab: Vocabulary) -> tuple[Wav2Vec2ForCTC, str
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model, note
+
+
+ADAPTER_FILE = "adapter.{}.safetensors"  # transformers' name: load_adapter(CODE) and target_lang=CODE read it
+
+
+def _load_for_adapters(cfg: TrainConfig, vocab: Vocabulary) -> tuple[Wav2Vec2ForCTC, str]:
+    """MMS adapter fine-tuning: a checkpoint with adapter layers (adapter_attn_dim), everything
+    frozen but the language's attention adapters and a CTC head for this vocabulary. The
+    language's adapters are loaded when the checkpoint has them (adapter.CODE.safetensors), else
+    initialised; its head is kept only for its own vocabulary (--vocab_path)."""
+    folder = Path(cfg.model_name_or_path or "")
+    if not (folder / "config.json").is_file():
+        raise ConfigError("--adapter_lang needs --model_name_or_path: a local MMS-style checkpoint folder "
+                          "(with adapter_attn_dim in its config.json)")
+    if getattr(Wav2Vec2Config.from_pretrained(folder), "adapter_attn_dim", None) is None:
+        raise ConfigError(f"--adapter_lang {cfg.adapter_lang}: {folder} has no adapter layers (its config has no "
+                          "adapter_attn_dim); adapters go on an MMS checkpoint such as mms-1b-all")
+    model = Wav2Vec2ForCTC.from_pretrained(folder, ignore_mismatched_sizes=True, **_ctc_overrides(cfg, vocab))
+    model.init_adapter_layers()  # adapters and head afresh (the head is sized to this vocabulary)
+    adapter_file = folder / ADAPTER_FILE.format(cfg.adapter_lang)
+    note = f"MMS adapters for {cfg.adapter_lang!r}: new adapter layers"
+    if adapter_file.is_file():
+        from safetensors.torch import load_file
+
+        saved = load_file(adapter_file)
+        head_fits = saved["lm_head.weight"].shape[0] == len(vocab) and cfg.vocab_path
+        keep = {k: v for k, v in saved.items() if head_fits or not k.startswith("lm_head.")}
+        model.load_state_dict(keep, strict=False)
+        note = f"MMS adapters for {cfg.adapter_lang!r}: from {adapter_file.name}" + (
+            ", its head too" if head_fits else "")
+    for param in model.parameters():
+        param.requires_grad = False
+    adapters = model._get_adapters()  # transformers' own list: the adapter layers and lm_head
+    for param in adapters.values():
+        param.requires_grad = True
+    trained = sum(p.numel() for p in adapters.values())
+    note += f" and a CTC head of {len(vocab)} labels; {trained / 1e6:.2f} M weights train, the rest is frozen"
+    return model, note
+
+
+def adapter_weights(model: Wav2Vec2ForCTC, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+    """The adapter layers and head, as transformers' load_adapter reads them (from `state_dict`
+    when the model's own weights are shards)."""
+    names = list(model._get_adapters())
+    state = state_dict if state_dict is not None else model.state_dict()
+    return {name: state[name].detach().cpu().contiguous() for name in names}
 
 
 def _load_pretrained(folder: Path, cfg: TrainConfig, vocab: Vocabulary) -> tuple[Wav2Vec2ForCTC, str]:
