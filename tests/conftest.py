@@ -101,3 +101,36 @@ def memorised(cv_shards, tmp_path_factory) -> Path:
     if proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
     return out
+
+
+@pytest.fixture(scope="session")
+def hub_ctc_folder(tmp_path_factory) -> Path:
+    """A CTC model folder made with transformers' own classes in the 960h layout: `<pad>` = 0, `<s>`,
+    `</s>`, `<unk>`, `|`, upper-case letters, do_lower_case false."""
+    import json
+
+    import torch
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    folder = tmp_path_factory.mktemp("wav2vec2-960h-layout")
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4,
+             **{c: 5 + i for i, c in enumerate("ETAONIHSRDLUMWCFGYPBVK'XJQZ")}}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                     bos_token="<s>", eos_token="</s>", word_delimiter_token="|", do_lower_case=False)
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
+                                         return_attention_mask=False)
+    config = Wav2Vec2Config(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                            intermediate_size=64, conv_dim=(32, 32, 32), conv_kernel=(10, 8, 4), conv_stride=(5, 8, 8),
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, pad_token_id=0,
+                            feat_extract_norm="group")
+    torch.manual_seed(0)
+    Wav2Vec2ForCTC(config).save_pretrained(folder)
+    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

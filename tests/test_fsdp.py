@@ -1,6 +1,7 @@
 """FSDP (PyTorch FSDP2 fully_shard) on two gloo ranks, against DDP on the same two ranks."""
 
 import io
+import math
 import tarfile
 from pathlib import Path
 
@@ -111,3 +112,19 @@ def test_an_fsdp_checkpoint_is_not_resumed_as_ddp(runs, cv_shards, tmp_path):
     proc = launch(tmp_path / "ddp", shards, *RUN, "--resume_from_checkpoint", str(runs["fsdp"] / "checkpoints" / "step-2"),
                   procs=2, check=False, config=runs["ddp"].parent / "model.yaml")
     assert proc.returncode != 0 and "fsdp: checkpoint sharded, now DDP" in proc.stderr
+
+
+def test_accumulation_and_checkpointing_under_shard_grad_op_match_ddp(runs, cv_shards, tmp_path):
+    """Two micro-batches per update (gradients reduce-scattered after each, summed in the shards),
+    activations recomputed in the backward, weights kept gathered between forward and backward:
+    the same updates as DDP's; and bf16 autocast trains under FSDP."""
+    shards, _ = cv_shards
+    config = runs["ddp"].parent / "model.yaml"
+    # (a flag given twice: the last one counts)
+    args = [*RUN, "--max_batch_size", "1", "--gradient_accumulation_steps", "2", "--gradient_checkpointing", "true"]
+    launch(tmp_path / "ddp", shards, *args, procs=2, config=config)
+    launch(tmp_path / "fsdp", shards, *args, "--fsdp", "shard_grad_op", procs=2, config=config)
+    assert worst_difference(final_weights(tmp_path / "ddp"), final_weights(tmp_path / "fsdp"), skip=NO_GRADIENT) <= 5e-5
+    launch(tmp_path / "bf16", shards, *RUN, "--fsdp", "full_shard", procs=2, config=config, precision="bf16")
+    losses = [r["loss"] for r in records(tmp_path / "bf16") if "loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)

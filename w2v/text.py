@@ -204,6 +204,14 @@ class Vocabulary:
             names.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, path: str | Path, normalizer: TextNormalizer | None = None) -> Vocabulary:
-        """A vocab.json, with the special tokens its tokenizer files name (ours by default)."""
-        return cls(json.loads(Path(path).read_text(encoding="utf-8")), normalizer, SpecialTokens.beside(path))
+    def load(cls, path: str | Path, normalizer: TextNormalizer | None = None, lang: str | None = None) -> Vocabulary:
+        """A vocab.json, with the special tokens its tokenizer files name (ours by default). An MMS
+        vocab.json holds one vocabulary per language: `lang` picks one (a ValueError without it)."""
+        tokens = json.loads(Path(path).read_text(encoding="utf-8"))
+        if tokens and all(isinstance(v, dict) for v in tokens.values()):  # {language: {token: id}}
+            if lang not in tokens:
+                raise ValueError(f"{path}: one vocabulary per language; {'no ' + repr(lang) + ', ' if lang else ''}"
+                                 f"pick one with --adapter_lang ({', '.join(sorted(tokens)[:20])}"
+                                 f"{', …' if len(tokens) > 20 else ''})")
+            tokens = tokens[lang]
+        return cls(tokens, normalizer, SpecialTokens.beside(path))
