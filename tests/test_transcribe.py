@@ -155,3 +155,72 @@ def test_a_long_recording_needs_the_memory_of_its_batches_not_of_its_length(memo
         peaks[minutes] = int(proc.stdout.split()[-1]) / 1024  # MB
     # 9 more minutes: 35 MB of float32 samples, a few MB of frames; allow for the allocator
     assert peaks[10] - peaks[1] < 150, peaks
+
+
+def test_device_cpu_and_overlapped_lm_decoding(memorised, cv_shards, tmp_path):
+    """--device cpu transcribes exactly as the default; with an LM, each group's beam search runs while
+    the next group is computed, and gives what decoding one group after another gives."""
+    from w2v.transcribe import Inputs, Transcriber
+
+    shards, expected = cv_shards
+    text = tmp_path / "lm.txt"
+    text.write_text("".join(t + "\n" for _, t in expected.written.values()))
+    run_command("w2v-build-lm", "--text", text, "--order", "3", "--out", tmp_path / "lm", check=True)
+    model = memorised / "final"
+    outputs = {}
+    for name, extra in (("default", []), ("cpu", ["--device", "cpu"])):
+        proc = run_command("w2v-transcribe", model, shards, "--lm", tmp_path / "lm", "--workers", "2", "--words",
+                           "--out", tmp_path / f"{name}.jsonl", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[name] = (tmp_path / f"{name}.jsonl").read_text()
+    assert outputs["default"] == outputs["cpu"]
+    transcriber = Transcriber.load(model, tmp_path / "lm", processes=2)
+    try:
+        sources = list(Inputs([str(shards)]))
+        overlapped = list(transcriber.transcribe(sources, batch_files=2))  # 3 groups of 2
+        one_after_another = []
+        for group in (sources[i:i + 2] for i in range(0, len(sources), 2)):
+            log_probs = transcriber.log_probs_of({k: load_audio(s) for k, s in enumerate(group)})
+            one_after_another += [transcriber.decoder.decode_words(log_probs[k]) for k in range(len(group))]
+    finally:
+        transcriber.close()
+    assert len(sources) == len(expected.written) == 6
+    spf = transcriber.ratio / 16000  # seconds per frame
+    assert [(r.text, [(w.word, w.start, w.end) for w in r.words]) for r in overlapped] == [
+        (text, [(w, round(a * spf, 3), round(b * spf, 3)) for w, (a, b) in frames]) for text, frames in one_after_another]
+    assert len({r.text for r in overlapped}) == 6 and all(r.text for r in overlapped)
+    assert [r.text for r in overlapped] == [json.loads(line)["text"] for line in outputs["default"].splitlines()]
+
+
+def test_a_device_this_machine_lacks_is_one_error_line(tmp_path):
+    """Checked first: the model folder and the input named here do not exist."""
+    import torch
+
+    cases = [("gpu", "error: --device gpu: not a device (auto, cpu, cuda or cuda:N)")]
+    if not torch.cuda.is_available():
+        cases.append(("cuda", "error: --device cuda: CUDA is not available"))
+    for device, said in cases:
+        proc = run_command("w2v-transcribe", tmp_path / "no-model", tmp_path / "no.wav", "--device", device)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(said) and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_precision_contexts():
+    """fp32: no autocast (and on CUDA no TF32, the flag put back after); bf16: autocast on the device."""
+    import contextlib
+
+    import torch
+
+    from w2v.transcribe import cudnn_without_tf32, forward_context
+
+    cpu = torch.device("cpu")
+    assert forward_context(cpu) is contextlib.nullcontext
+    assert forward_context(torch.device("cuda:0"), "fp32") is cudnn_without_tf32
+    with forward_context(cpu, "bf16")():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    before = torch.backends.cudnn.allow_tf32
+    with cudnn_without_tf32():
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 == before
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        forward_context(cpu, "fp16")

@@ -19,14 +19,22 @@
   attention mask (group-norm feature encoder), only chunks of the same length share a batch, since
   zero padding would change what such a model computes.
 - Decoding: greedy, or beam search with an n-gram LM (`w2v.lm.decode.BeamDecoder`); word times
-  come from the frames of each word (the greedy path, or the beam's word frames).
+  come from the frames of each word (the greedy path, or the beam's word frames). The beam search
+  of one group of recordings runs on threads while the next group is read and passed through the
+  model.
+- Device (`resolve_device`, `forward_context`): `auto` is CUDA when torch sees a GPU, else the
+  CPU; the forward is fp32 (on CUDA without TF32) unless bf16 or fp16 autocast is asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,18 +225,76 @@ def batches_of(chunks: list[Chunk], batch_seconds: float, same_length: bool) -> 
         yield batch
 
 
+# --- device and precision --------------------------------------------------------------------
+
+DEVICES = "auto, cpu, cuda or cuda:N"
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device `--device NAME` means: `auto` (CUDA when torch sees a GPU, else the CPU), `cpu`,
+    `cuda` or `cuda:N`. A ValueError naming the flag when it is unknown or not usable here: checked
+    before anything slow, so a wrong device costs no model load and no pass over the data."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError(f"--device {name}: not a device ({DEVICES})")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available here (torch.cuda.is_available() is "
+                             f"False; torch {torch.__version__}): use --device cpu, or auto")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device{'s' if count != 1 else ''} "
+                             f"(cuda:0 to cuda:{count - 1})")
+    return device
+
+
+def forward_context(device: torch.device, precision: str = "fp32") -> Callable[[], contextlib.AbstractContextManager]:
+    """The forward's context for `--precision`: fp32 (the default) without autocast, and on CUDA
+    without TF32, so that a GPU's figures are the CPU's up to rounding; bf16 or fp16 autocast on the
+    device (the log-softmax stays fp32: w2v.scoring.log_probs). A ValueError when the device
+    cannot run it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
+    if PRECISIONS[precision] is None:
+        return cudnn_without_tf32 if device.type == "cuda" else contextlib.nullcontext
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"--precision fp16 needs a CUDA device, not {device}: use fp32 or bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision bf16: {device} does not support bf16: use fp16 or fp32")
+    return functools.partial(torch.autocast, device_type=device.type, dtype=PRECISIONS[precision])
+
+
+@contextlib.contextmanager
+def cudnn_without_tf32() -> Iterator[None]:
+    """cuDNN's convolutions in full fp32 for a forward: torch lets them use TF32 by default (a
+    10-bit mantissa), which would take a GPU's log-probabilities further from the CPU's than
+    rounding does. (Torch's legacy flag: it refuses to read a mix of its old and new TF32 settings.)"""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = before
+
+
 # --- the transcriber ---------------------------------------------------------------------------
 
 
 class Transcriber:
     """A CTC model folder, ready to turn recordings into text (greedy, or with an n-gram LM)."""
 
-    def __init__(self, model, vocab: Vocabulary, decoder: BeamDecoder | None = None, device: str = "cpu",
-                 chunk_seconds: float = 30.0, stride_seconds: float | None = None, batch_seconds: float = 160.0):
-        self.model = model.eval().to(device)
+    def __init__(self, model, vocab: Vocabulary, decoder: BeamDecoder | None = None,
+                 device: str | torch.device = "cpu", chunk_seconds: float = 30.0, stride_seconds: float | None = None,
+                 batch_seconds: float = 160.0, precision: str = "fp32"):
+        self.device = torch.device(device)
+        self.forward_context = forward_context(self.device, precision)  # fp32, or autocast
+        self.model = model.eval().to(self.device)
         self.recording = DecodedRecording()  # segments of one recording listed together: decoded once
         self.acoustic = CTCModel(self.model)  # the forward that scoring uses: logits → fp32 log-probs
-        self.vocab, self.decoder, self.device = vocab, decoder, device
+        self.vocab, self.decoder = vocab, decoder
         self.ratio = int(np.prod(model.config.conv_stride))  # samples per output frame
         align = self.ratio  # chunk and stride lengths in whole frames, as pipeline() rounds them
         stride_seconds = chunk_seconds / 6 if stride_seconds is None else stride_seconds
@@ -243,10 +309,11 @@ class Transcriber:
 
     @classmethod
     def load(cls, model_dir: str | Path, lm: str | Path | None = None, alpha: float | None = None,
-             beta: float | None = None, beam_width: int = 64, processes: int = 1, device: str = "cpu",
-             **options) -> Transcriber:
+             beta: float | None = None, beam_width: int = 64, processes: int = 1,
+             device: str | torch.device = "cpu", adapter_lang: str | None = None, **options) -> Transcriber:
         """The model, its vocabulary, and a beam decoder when `lm` is given or the folder holds an
-        exported LM (`language_model/`, its alpha and beta in attrs.json); `lm="none"`: greedy."""
+        exported LM (`language_model/`, its alpha and beta in attrs.json); `lm="none"`: greedy.
+        `adapter_lang`: an MMS model with that language's adapters, head and vocabulary."""
         import transformers
 
         from w2v.progress import on_terminal
@@ -254,8 +321,8 @@ class Transcriber:
 
         if not on_terminal():  # its "Loading weights" bar is not for log files
             transformers.utils.logging.disable_progress_bar()
-        model, files = load_for_inference(model_dir)  # a model folder, or a train.py checkpoint
-        vocab = Vocabulary.load(files / "vocab.json", TextNormalizer.load(files))
+        model, files = load_for_inference(model_dir, adapter_lang)  # a model folder, or a train.py checkpoint
+        vocab = Vocabulary.load(files / "vocab.json", TextNormalizer.load(files), adapter_lang)
         model_dir = Path(model_dir)
         decoder = None
         if lm is None and (model_dir / "language_model").is_dir():
@@ -274,16 +341,33 @@ class Transcriber:
 
     def transcribe(self, sources: Iterable[Source], batch_files: int = 64) -> Iterator[Result]:
         """Results in input order, `batch_files` recordings at a time (their chunks batched together)."""
-        group: list[Source] = []
-        for source in sources:
-            group.append(source)
-            if len(group) == batch_files:
-                yield from self._transcribe_group(group)
-                group = []
-        if group:
-            yield from self._transcribe_group(group)
+        groups = _groups(sources, batch_files)
+        if self.decoder is None:  # greedy decoding costs little next to the model: no threads
+            for group in groups:
+                results, log_probs = self._acoustic_group(group)
+                yield from self._decoded(results, {k: self._decode(lp) for k, lp in log_probs.items()})
+            return
+        yield from self._transcribe_overlapped(groups)
 
-    def _transcribe_group(self, sources: list[Source]) -> list[Result]:
+    def _transcribe_overlapped(self, groups: Iterator[list[Source]]) -> Iterator[Result]:
+        """With an LM: the beam search of a group runs on threads (as many as the decoder's
+        `processes`) while the next group is read and passed through the model. The compiled search releases the GIL (numba nogil),
+        and so does torch's forward, so the two overlap. Each recording is decoded on its own, as
+        one after another would decode it; results are taken in input order, and one group is
+        decoded while the next one is computed (two groups held at most)."""
+        with ThreadPoolExecutor(self.decoder.processes, thread_name_prefix="w2v-beam") as threads:
+            pending: tuple[list[Result], dict[int, Future]] | None = None
+            for group in groups:
+                results, log_probs = self._acoustic_group(group)
+                decoding = {k: threads.submit(self._decode, lp) for k, lp in log_probs.items()}
+                if pending is not None:
+                    yield from self._decoded(pending[0], {k: f.result() for k, f in pending[1].items()})
+                pending = (results, decoding)
+            if pending is not None:
+                yield from self._decoded(pending[0], {k: f.result() for k, f in pending[1].items()})
+
+    def _acoustic_group(self, sources: list[Source]) -> tuple[list[Result], dict[int, np.ndarray]]:
+        """A Result per source (its error, or its duration) and the log-probabilities of those read."""
         results, waves = [], {}
         for k, source in enumerate(sources):
             if source.problem:
@@ -300,9 +384,12 @@ class Transcriber:
                 continue
             results.append(Result(source.path, source.name, duration=len(wave) / TARGET_SR))
             waves[k] = wave
-        logits = self.log_probs_of(waves)
-        for k, frames in logits.items():
-            results[k].text, results[k].words = self._decode(frames)
+        return results, self.log_probs_of(waves)
+
+    @staticmethod
+    def _decoded(results: list[Result], decoded: dict[int, tuple[str, list[Word]]]) -> list[Result]:
+        for k, (text, words) in decoded.items():
+            results[k].text, results[k].words = text, words
         return results
 
     def log_probs_of(self, waves: dict) -> dict:
@@ -315,7 +402,7 @@ class Transcriber:
                 values = torch.from_numpy(normalize_and_pad([c.wave for c in batch])).to(self.device)
                 mask = (torch.from_numpy(attention_mask_from_lengths(sizes, values.shape[1])).to(self.device)
                         if self.mask else None)
-                out = log_probs(self.acoustic, values, mask).cpu().numpy()
+                out = log_probs(self.acoustic, values, mask, self.forward_context).cpu().numpy()
                 for chunk, size, rows in zip(batch, sizes, out, strict=True):
                     frames = int(self.model._get_feat_extract_output_lengths(torch.tensor(size)))
                     # pipeline()'s rescale_stride: the strides in frames, rounded from samples
@@ -336,6 +423,18 @@ class Transcriber:
     def close(self) -> None:
         if self.decoder is not None:
             self.decoder.close()
+
+
+def _groups(sources: Iterable[Source], size: int) -> Iterator[list[Source]]:
+    """The sources in lists of `size` (the last one shorter)."""
+    group: list[Source] = []
+    for source in sources:
+        group.append(source)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def greedy_words(ids: np.ndarray, inverse: dict[int, str], blank: int, seconds_per_frame: float) -> list[Word]:

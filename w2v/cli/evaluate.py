@@ -10,16 +10,27 @@ Corpus-level WER/CER (jiwer edit counts summed over all utterances), the real-ti
 acoustic model and of each decoder, per-utterance errors as JSONL, the worst utterances printed.
 `--tune` grid-searches alpha/beta on the given (dev) shards and reports the best point.
 References are normalised with the normaliser saved beside the model (as in training).
+`--device auto` (the default) runs the model on CUDA when torch sees a GPU, else on the CPU, in fp32
+unless `--precision` says otherwise. With `--lm` (without `--tune`) the beam search of each batch
+runs while the model computes the next one.
 """
 
+from __future__ import annotations
+
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from transformers import Wav2Vec2ForCTC
 
 from w2v.flags import ArgumentParser
@@ -38,9 +49,20 @@ from w2v.scoring import (
 from w2v.shards.audio import AudioError
 from w2v.shards.corpus import FORMATS, Corpus, CorpusError, Utterance, open_corpus, parse_placeholders
 from w2v.shards.sharding import MIN_DECODED_SECONDS
-from w2v.shards.spec import select_shards
+from w2v.shards.spec import SelectedShard, select_shards
 from w2v.text import TextNormalizer, Vocabulary
-from w2v.transcribe import Source, Transcriber, load_audio
+from w2v.transcribe import (
+    DEVICES,
+    PRECISIONS,
+    Source,
+    Transcriber,
+    forward_context,
+    load_audio,
+    resolve_device,
+)
+
+# Called with each batch's log-probabilities ([T_i, V] per utterance) as soon as they are computed.
+OnBatch = Callable[[list[np.ndarray]], None]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,6 +91,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-batch-seconds", type=float, default=EVAL_BATCH_SECONDS,
                    help="padded audio per forward pass (training's evaluation uses the same default)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    p.add_argument("--adapter-lang", "--adapter_lang", default=None, metavar="CODE",
+                   help="an MMS model: use this language's adapters and head (adapter.CODE.safetensors)")
+    p.add_argument("--device", default="auto", help=f"where the model runs: {DEVICES} (default: auto, "
+                                                    "CUDA when torch sees a GPU, else the CPU)")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="the forward's precision (default fp32: the CPU's figures, up to rounding); bf16 or fp16 "
+                        "run it under autocast")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--errors", default=None, help="per-utterance errors (JSONL)")
     p.add_argument("--worst", type=int, default=5, help="print the N worst utterances")
@@ -78,17 +107,25 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def acoustic_outputs(model: Wav2Vec2ForCTC, shards, max_batch_seconds: float,
-                     log_interval: float = LOG_INTERVAL_SECONDS):
+                     log_interval: float = LOG_INTERVAL_SECONDS, *, device: str | torch.device = "cpu",
+                     precision: str = "fp32", on_batch: OnBatch | None = None):
     """Log-probabilities per utterance ([T_i, V] float32), keys, texts, audio seconds, model seconds,
     the number of utterances the index lists, and what could not be scored by reason: every
     utterance of the index is scored (w2v.scoring's rule, as in training's evaluation), except
-    what damaged data makes unreadable."""
-    loader = evaluation_loader(shards, max_batch_seconds, wants_attention_mask(model.config))
+    what damaged data makes unreadable. The model runs on `device` (where it already is);
+    `on_batch` gets each batch's log-probabilities as soon as they are computed."""
+    device = torch.device(device)
+    loader = evaluation_loader(shards, max_batch_seconds, wants_attention_mask(model.config),
+                               pin_memory=device.type == "cuda")  # page-locked batches: faster copies to the GPU
     outputs, keys, texts, audio, compute = [], [], [], 0.0, 0.0
     batches = Progress(loader, desc="acoustic model", unit="batch", interval=log_interval)
-    for scored in acoustic_pass(CTCModel(model), batches):
-        compute += scored.seconds
-        outputs += per_utterance_log_probs(scored)
+    for scored in acoustic_pass(CTCModel(model), batches, device, forward_context(device, precision)):
+        start = time.perf_counter()
+        batch_log_probs = per_utterance_log_probs(scored)  # on a GPU, .cpu() waits for the forward: timed
+        compute += scored.seconds + time.perf_counter() - start
+        if on_batch is not None:
+            on_batch(batch_log_probs)
+        outputs += batch_log_probs
         keys += scored.batch["keys"]
         texts += scored.batch["texts"]
         audio += scored.batch["audio_seconds"]
@@ -96,11 +133,12 @@ def acoustic_outputs(model: Wav2Vec2ForCTC, shards, max_batch_seconds: float,
 
 
 def corpus_outputs(model: Wav2Vec2ForCTC, vocab: Vocabulary, corpus: Corpus, max_batch_seconds: float,
-                   log_interval: float = LOG_INTERVAL_SECONDS):
+                   log_interval: float = LOG_INTERVAL_SECONDS, *, device: str | torch.device = "cpu",
+                   precision: str = "fp32", on_batch: OnBatch | None = None):
     """As acoustic_outputs, for a corpus read as w2v-make-shards and w2v-transcribe read it: each
     input decoded, resampled to 16 kHz and passed through the model (long ones in chunks); an
-    input that cannot be scored is counted by its reason."""
-    transcriber = Transcriber(model, vocab, batch_seconds=max_batch_seconds)
+    input that cannot be scored is counted by its reason. `on_batch` gets each group of 64 inputs."""
+    transcriber = Transcriber(model, vocab, device=device, batch_seconds=max_batch_seconds, precision=precision)
     outputs, keys, texts, seconds, excluded = [], [], [], [0.0, 0.0], Counter()  # seconds: audio, model
     group: list[Utterance] = []
 
@@ -121,10 +159,12 @@ def corpus_outputs(model: Wav2Vec2ForCTC, vocab: Vocabulary, corpus: Corpus, max
         log_probs = transcriber.log_probs_of(waves)
         seconds[1] += time.perf_counter() - start
         seconds[0] += sum(len(w) for w in waves.values()) / 16000
-        for utt in order:  # keys are unique in a corpus (w2v.shards.utterance.Keys)
-            outputs.append(log_probs[utt.key])
-            keys.append(utt.key)
-            texts.append(utt.text)
+        group_log_probs = [log_probs[utt.key] for utt in order]  # keys are unique in a corpus (Keys)
+        if on_batch is not None and group_log_probs:
+            on_batch(group_log_probs)
+        outputs.extend(group_log_probs)
+        keys.extend(utt.key for utt in order)
+        texts.extend(utt.text for utt in order)
         group.clear()
 
     for utt in Progress(corpus.utterances(), total=corpus.count(), desc="acoustic model", unit="utt",
@@ -144,75 +184,136 @@ def score(refs: list[str], hyps: list[str]) -> dict:
     return {"wer": counts.wer, "cer": counts.cer, "words": counts.words, "word_edits": counts.word_edits}
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+class OverlappedDecoding:
+    """LM decoding of each batch while the acoustic model computes the next one.
+
+    One thread of its own takes the batches in the order they were computed and decodes each with
+    `decoder.decode_batch` (on the decoder's threads). The compiled beam search releases the GIL
+    (numba nogil), and so does torch's forward, so both run at once. Each utterance is decoded on
+    its own, as one decode_batch over the whole set would decode it, and the batches come back in
+    the order they went in: the hypotheses are those of decoding one batch after another. The
+    queue is not bounded: what waits in it is log-probabilities the evaluation keeps anyway."""
+
+    def __init__(self, decoder: BeamDecoder):
+        self.decoder = decoder
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="w2v-lm")
+        self.batches: list[Future] = []
+
+    def submit(self, log_probs: list[np.ndarray]) -> None:
+        """Queue one batch's log-probabilities ([T_i, V] per utterance) for decoding."""
+        self.batches.append(self.thread.submit(self._decode, log_probs))
+
+    def _decode(self, log_probs: list[np.ndarray]) -> tuple[list[str], float]:
+        start = time.perf_counter()
+        hyps = self.decoder.decode_batch(log_probs)
+        return hyps, time.perf_counter() - start
+
+    def results(self) -> tuple[list[str], float]:
+        """Every hypothesis in utterance order (waiting for the batches still decoding), and the
+        seconds spent decoding, summed over the batches (what the LM's real-time factor reports)."""
+        hyps, seconds = [], 0.0
+        for batch in self.batches:
+            batch_hyps, batch_seconds = batch.result()  # a decoding error is raised here
+            hyps += batch_hyps
+            seconds += batch_seconds
+        return hyps, seconds
+
+    def close(self) -> None:
+        self.thread.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> OverlappedDecoding:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_decoder(args: argparse.Namespace, vocab: Vocabulary, width: int, lm_file: Path) -> BeamDecoder:
+    """One decoder, one LM load and one word tree for the whole set (and grid); each batch on all
+    cores' threads. Made before the acoustic pass, so that decoding can overlap it."""
+    labels = labels_from_vocab(vocab.tokens, size=width, pad=vocab.specials.pad, unk=vocab.specials.unk,
+                               delimiter=vocab.specials.delimiter)
+    alpha, beta = (args.alphas[0], args.betas[0]) if args.tune else (args.alpha, args.beta)
+    decoder = BeamDecoder(labels, lm_file, load_unigrams(lm_file), alpha, beta, args.beam_width,
+                          processes=args.workers or os.cpu_count() or 1)
+    print(f"LM: {decoder.describe()}")
+    if note := decoder.ready_note():
+        print(note, file=sys.stderr)
+    return decoder
+
+
+def tuned_lm(decoder: BeamDecoder, log_probs: list[np.ndarray], refs: list[str], args: argparse.Namespace
+             ) -> tuple[dict, list[str], float, list[dict]]:
+    """The grid search: the best point's figures, hypotheses and decoding seconds, and every point."""
+    points = [(a, b) for a in args.alphas for b in args.betas]
+    best, grid = None, []
+    prepared = decoder.prepare(log_probs)  # normalised once for the whole grid
+    for alpha, beta in Progress(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1,
+                                interval=args.log_interval_seconds):
+        decoder.set_weights(alpha, beta)
+        start = time.perf_counter()
+        hyps = decoder.decode_batch(prepared)
+        seconds = time.perf_counter() - start
+        figures = {**score(refs, hyps), "alpha": alpha, "beta": beta}
+        grid.append(figures)
+        if best is None or (figures["wer"], figures["cer"]) < (best[0]["wer"], best[0]["cer"]):
+            best = (figures, hyps, seconds)
+    return (*best, grid)
+
+
+class UsageError(Exception):
+    """An argument that cannot be used: one `error:` line on stderr and exit status 2."""
+
+
+@dataclass
+class Loaded:
+    """What the arguments name, checked and loaded: the device, the shards or corpus, the model
+    (on the device), its vocabulary and the LM file."""
+
+    device: torch.device
+    shards: list[SelectedShard] | None
+    corpus: Corpus | None
+    model: Wav2Vec2ForCTC
+    vocab: Vocabulary
+    lm_file: Path | None
+
+
+def check_and_load(args: argparse.Namespace) -> Loaded:
+    """Every argument checked before the slow work that needs it (a UsageError otherwise): the
+    device first, then the data's paths, the model, the LM."""
+    try:  # a device this machine lacks costs no model load and no reading of shards
+        device = resolve_device(args.device)
+        forward_context(device, args.precision)  # a ValueError when the device cannot run that precision
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     try:  # every path is checked before the model loads
         shards = select_shards(args.shards, args.index) if args.shards else None
         corpus = open_corpus(args.corpus, args.format, args.split, args.audio_column, args.text_column,
                              parse_placeholders(args.placeholder)) if args.corpus else None
     except (ValueError, CorpusError) as exc:
-        print(f"error: {'--shards ' + args.shards if args.shards else '--corpus ' + args.corpus}: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{'--shards ' + args.shards if args.shards else '--corpus ' + args.corpus}: {exc}") from None
     try:  # a model folder, or a train.py checkpoint (checkpoints/step-N)
-        model, model_dir = load_for_inference(args.model)
+        model, model_dir = load_for_inference(args.model, args.adapter_lang)
+        vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir), args.adapter_lang)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    vocab = Vocabulary.load(model_dir / "vocab.json", TextNormalizer.load(model_dir))
+        raise UsageError(str(exc)) from None
     vocab.normalizer = vocab.normalizer.for_vocabulary(vocab)  # a hub checkpoint's upper-case letters
     try:  # before the acoustic pass: a wrong --lm should not cost a pass over the whole set
         lm_file = find_lm_file(args.lm) if args.lm else None
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: --lm {args.lm}: {exc}", file=sys.stderr)
+        raise UsageError(f"--lm {args.lm}: {exc}") from None
+    return Loaded(device, shards, corpus, model.to(device), vocab, lm_file)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        loaded = check_and_load(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    if corpus is not None:
-        log_probs, keys, texts, audio, compute, listed, excluded = corpus_outputs(
-            model, vocab, corpus, args.max_batch_seconds, args.log_interval_seconds)
-    else:
-        log_probs, keys, texts, audio, compute, listed, excluded = acoustic_outputs(
-            model, shards, args.max_batch_seconds, args.log_interval_seconds)
-    refs = [vocab.normalizer(t) for t in texts]
-    unknown = unknown_characters(vocab, texts, "references", "the model cannot emit them: each is an error")
-    if unknown:
-        print(unknown)
-    inverse = vocab.decoding_table()
-    start = time.perf_counter()
-    greedy = [greedy_decode(lp, inverse, vocab.pad_id)[0] for lp in log_probs]
-    greedy_seconds = time.perf_counter() - start
-    result = {"utterances": len(refs), "index_utterances": listed, "excluded": excluded,
-              "empty_references": sum(1 for r in refs if not r), "audio_seconds": audio,
-              "greedy": score(refs, greedy),
-              "real_time_factor": {"acoustic_model": compute / max(audio, 1e-9), "greedy": greedy_seconds / max(audio, 1e-9)}}
-    lm_hyps = None
-    if lm_file is not None:
-        labels = labels_from_vocab(vocab.tokens, size=log_probs[0].shape[-1] if log_probs else None,
-                                   pad=vocab.specials.pad, unk=vocab.specials.unk, delimiter=vocab.specials.delimiter)
-        points = [(a, b) for a in args.alphas for b in args.betas] if args.tune else [(args.alpha, args.beta)]
-        best, grid = None, []
-        # one decoder, one LM load and one word tree for the whole grid; each batch on all cores' threads
-        with BeamDecoder(labels, lm_file, load_unigrams(lm_file), points[0][0], points[0][1], args.beam_width,
-                         processes=args.workers or os.cpu_count() or 1) as decoder:
-            print(f"LM: {decoder.describe()}")
-            if note := decoder.ready_note():
-                print(note, file=sys.stderr)
-            prepared = decoder.prepare(log_probs)  # normalised once for the whole grid
-            for alpha, beta in Progress(points, desc="LM decoding (alpha, beta)", disable=len(points) == 1,
-                                        interval=args.log_interval_seconds):
-                decoder.set_weights(alpha, beta)
-                start = time.perf_counter()
-                hyps = decoder.decode_batch(prepared)
-                seconds = time.perf_counter() - start
-                figures = {**score(refs, hyps), "alpha": alpha, "beta": beta}
-                grid.append(figures)
-                if best is None or (figures["wer"], figures["cer"]) < (best[0]["wer"], best[0]["cer"]):
-                    best = (figures, hyps, seconds)
-        result["lm"] = {**best[0], "lm": str(lm_file), "beam_width": args.beam_width}
-        result["real_time_factor"]["lm"] = best[2] / max(audio, 1e-9)
-        if args.tune:
-            result["grid"] = grid
-        lm_hyps = best[1]
+    result, rows = evaluate(args, loaded)
     print_report(result, args.tune)
-    rows = per_utterance(keys, refs, greedy, lm_hyps)
     if args.errors:
         Path(args.errors).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     worst_first = sorted(rows, key=lambda r: (-(r["wer"] if r["wer"] is not None else float("inf")), -r["word_edits"]))
@@ -222,6 +323,54 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def model_outputs(args: argparse.Namespace, loaded: Loaded, on_batch: OnBatch | None):
+    """acoustic_outputs of the shards, or corpus_outputs of the corpus."""
+    options = {"device": loaded.device, "precision": args.precision, "on_batch": on_batch}
+    if loaded.corpus is not None:
+        return corpus_outputs(loaded.model, loaded.vocab, loaded.corpus, args.max_batch_seconds,
+                              args.log_interval_seconds, **options)
+    return acoustic_outputs(loaded.model, loaded.shards, args.max_batch_seconds, args.log_interval_seconds, **options)
+
+
+def evaluate(args: argparse.Namespace, loaded: Loaded) -> tuple[dict, list[dict]]:
+    """The figures and the per-utterance rows: the acoustic pass, greedy decoding, and with an LM
+    its decoding (overlapping the acoustic pass at one alpha/beta; the grid after it)."""
+    vocab = loaded.vocab
+    with contextlib.ExitStack() as closing:
+        decoder = (closing.enter_context(open_decoder(args, vocab, loaded.model.config.vocab_size, loaded.lm_file))
+                   if loaded.lm_file is not None else None)
+        # one alpha/beta: each batch is decoded as soon as the model has computed it; a grid search
+        # needs every utterance first
+        overlapped = closing.enter_context(OverlappedDecoding(decoder)) if decoder and not args.tune else None
+        log_probs, keys, texts, audio, compute, listed, excluded = model_outputs(
+            args, loaded, overlapped.submit if overlapped is not None else None)
+        refs = [vocab.normalizer(t) for t in texts]
+        unknown = unknown_characters(vocab, texts, "references", "the model cannot emit them: each is an error")
+        if unknown:
+            print(unknown)
+        inverse = vocab.decoding_table()
+        start = time.perf_counter()
+        greedy = [greedy_decode(lp, inverse, vocab.pad_id)[0] for lp in log_probs]
+        greedy_seconds = time.perf_counter() - start
+        result = {"utterances": len(refs), "index_utterances": listed, "excluded": excluded,
+                  "empty_references": sum(1 for r in refs if not r), "audio_seconds": audio,
+                  "greedy": score(refs, greedy),
+                  "real_time_factor": {"acoustic_model": compute / max(audio, 1e-9),
+                                       "greedy": greedy_seconds / max(audio, 1e-9)}}
+        lm_hyps = None
+        if overlapped is not None:
+            lm_hyps, seconds = overlapped.results()
+            figures, grid = {**score(refs, lm_hyps), "alpha": args.alpha, "beta": args.beta}, None
+        elif decoder is not None:
+            figures, lm_hyps, seconds, grid = tuned_lm(decoder, log_probs, refs, args)
+    if lm_hyps is not None:
+        result["lm"] = {**figures, "lm": str(loaded.lm_file), "beam_width": args.beam_width}
+        result["real_time_factor"]["lm"] = seconds / max(audio, 1e-9)
+        if grid is not None:
+            result["grid"] = grid
+    return result, per_utterance(keys, refs, greedy, lm_hyps)
 
 
 def per_utterance(keys, refs, greedy, lm_hyps) -> list[dict]:

@@ -13,6 +13,8 @@ input: `OUT/talk.wav.srt`, `OUT/sub/talk.flac.srt`, a manifest row's key). A man
 segment is one input: its span is transcribed, read as w2v-make-shards reads it. A file that
 cannot be read is listed with its reason on stderr (and as `error` in JSONL) and counted. Exit
 status: 0 when every input was transcribed, 1 when some could not be, 2 on a usage error.
+`--device auto` (the default) runs the model on CUDA when torch sees a GPU, else on the CPU; with
+an LM, the beam search of one group of inputs runs while the model computes the next.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from w2v.flags import ArgumentParser
 from w2v.progress import LOG_INTERVAL_SECONDS, Progress
 from w2v.run_folder import model_folder_kind
 from w2v.shards.corpus import CorpusError, parse_placeholders
-from w2v.transcribe import InputError, Inputs, Result, Transcriber
+from w2v.transcribe import (
+    DEVICES,
+    PRECISIONS,
+    InputError,
+    Inputs,
+    Result,
+    Transcriber,
+    forward_context,
+    resolve_device,
+)
 
 FORMATS = ("jsonl", "txt", "srt", "vtt")
 
@@ -55,8 +66,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stride-seconds", type=float, default=None, help="overlap at each side of a cut "
                                                                       "(default: chunk / 6)")
     p.add_argument("--batch-seconds", type=float, default=160.0, help="padded audio per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--workers", type=int, default=None, help="beam-search processes (default: all cores)")
+    p.add_argument("--adapter-lang", "--adapter_lang", default=None, metavar="CODE",
+                   help="an MMS model: use this language's adapters and head (adapter.CODE.safetensors)")
+    p.add_argument("--device", default="auto", help=f"where the model runs: {DEVICES} (default: auto, CUDA when "
+                                                    "torch sees a GPU, else the CPU)")
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="the forward's precision (default fp32); bf16 or fp16 run it under autocast")
+    p.add_argument("--workers", type=int, default=None, help="beam-search threads (default: all cores)")
     p.add_argument("--log-interval-seconds", type=float, default=LOG_INTERVAL_SECONDS,
                    help="when stderr is not a terminal: a progress line at most this often")
     return p.parse_args(argv)
@@ -65,12 +81,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        device = resolve_device(args.device)  # first: a device this machine lacks costs no reading or loading
+        forward_context(device, args.precision)  # a ValueError when the device cannot run that precision
         sources = Inputs(args.inputs, args.audio_column, args.split, parse_placeholders(args.placeholder))
         fmt, out = check_args(args, len(sources))
         transcriber = Transcriber.load(args.model, args.lm, args.alpha, args.beta, args.beam_width,
-                                       args.workers or os.cpu_count() or 1, args.device,
+                                       args.workers or os.cpu_count() or 1, device,
                                        chunk_seconds=args.chunk_seconds, stride_seconds=args.stride_seconds,
-                                       batch_seconds=args.batch_seconds)
+                                       batch_seconds=args.batch_seconds, precision=args.precision,
+                                       adapter_lang=args.adapter_lang)
     except (InputError, CorpusError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
