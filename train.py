@@ -316,6 +316,10 @@ def check_inputs(cfg: TrainConfig) -> tuple[list[SelectedShard], list[SelectedSh
     if cfg.adapter_lang and cfg.freeze_finetune_steps:
         raise ConfigError("--adapter_lang trains only the adapters and the head (the base is frozen): "
                           "freeze_finetune_steps does not apply; set it to 0")
+    for plugin in ("FSDP", "DEEPSPEED"):  # their wrapping and checkpoints are not the ones this loop saves and resumes
+        if os.environ.get(f"ACCELERATE_USE_{plugin}", "").lower() == "true":
+            raise ConfigError(f"accelerate launch's {plugin.title()} plugin is not used by train.py: launch without it "
+                              "and pass --fsdp full_shard (or shard_grad_op) to shard the model")
     if cfg.fsdp is not None and cfg.fsdp not in STRATEGIES:
         raise ConfigError(f"--fsdp {cfg.fsdp}: choose one of {', '.join(STRATEGIES)} (unset: DDP)")
     if cfg.save_total_limit is not None and cfg.save_total_limit < 1:

@@ -2,6 +2,7 @@
 
 import io
 import math
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT
-from tests.test_train import launch, records
+from tests.test_train import launch, records, train_directly
 from w2v.fsdp import SHARDED_STATE
 from w2v.run_folder import load_for_inference
 
@@ -128,3 +129,28 @@ def test_accumulation_and_checkpointing_under_shard_grad_op_match_ddp(runs, cv_s
     launch(tmp_path / "bf16", shards, *RUN, "--fsdp", "full_shard", procs=2, config=config, precision="bf16")
     losses = [r["loss"] for r in records(tmp_path / "bf16") if "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+
+
+def test_a_two_rank_fsdp_checkpoint_resumes_on_one_rank(runs, cv_shards, tmp_path):
+    """torch.distributed.checkpoint re-shards on load; the loader re-plans the rest of the epoch."""
+    shards, _ = cv_shards
+    out = tmp_path / "one"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(runs["cut"] / "checkpoints" / "step-2", out / "checkpoints" / "step-2")
+    shutil.copy(runs["cut"] / "vocab.json", out)
+    proc = train_directly(out, shards, *RUN, "--fsdp", "full_shard", "--resume_from_checkpoint", "latest",
+                          config=runs["ddp"].parent / "model.yaml")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at update 2 (epoch" in proc.stdout and "elastic" in proc.stdout
+    resumed, at_2 = final_weights(out), load_for_inference(out / "checkpoints" / "step-2")[0].state_dict()
+    assert 1e-3 < worst_difference(resumed, at_2)  # it trained on from there
+    # the two ranks' shards of weights and AdamW state, now all on one rank
+    held = {name: max(r["model_state_mb_max_rank"] for r in records(out_dir) if "loss" in r)
+            for name, out_dir in (("one", out), ("two", runs["cut"]))}
+    assert held["one"] == pytest.approx(2 * held["two"], rel=0.01)
+
+
+def test_accelerates_own_fsdp_plugin_is_refused(cv_shards, tmp_path):
+    shards, _ = cv_shards
+    proc = train_directly(tmp_path / "x", shards, env={"ACCELERATE_USE_FSDP": "true"})
+    assert proc.returncode == 2 and "pass --fsdp full_shard" in proc.stderr and "Traceback" not in proc.stderr

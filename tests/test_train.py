@@ -425,6 +425,7 @@ def test_mistakes_are_one_error_line_before_any_model_work(cv_shards, tmp_path):
         (["--metric_for_best_model", "wer"], "choose one of eval_wer, eval_cer, eval_loss"),
         (["--lr_scheduler_type", "cosine_with_restarts"], "--lr_scheduler_type cosine_with_restarts: choose one of"),
         (["lonely"], "values without a flag: lonely"),
+        (["--fsdp", "hybrid_shard"], "--fsdp hybrid_shard: choose one of full_shard, shard_grad_op"),
     ):
         with pytest.raises(ConfigError) as err:
             train.check_inputs(parse_config(base + args))

@@ -21,6 +21,7 @@ file per rank and the global metadata); it loads on any number of ranks (DCP re-
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def shard_model(model: nn.Module, layers: nn.ModuleList, strategy: str, device: 
         dist.init_process_group("gloo" if device.type == "cpu" else "nccl", store=dist.HashStore(),
                                 rank=0, world_size=1)
     model.to(device)
+    # The logits are a view (a linear layer's output reshaped); FSDP warns in case they are changed in
+    # place, which would skip its pre-backward hook. The loss reads them out of place only.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     reshard = strategy == "full_shard"
     for layer in layers:
         fully_shard(layer, reshard_after_forward=reshard)
