@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import transformers
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.optimizer import AcceleratedOptimizer
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from w2v.config import ConfigError, TrainConfig, parse_config, resolve_mixed_precision, save_config
@@ -72,8 +73,6 @@ def main(cfg: TrainConfig) -> None:
     trackers = resolve_trackers(cfg.report_to)
     cfg.mixed_precision, precision_why = resolve_mixed_precision(
         cfg, os.environ.get("ACCELERATE_MIXED_PRECISION"), torch.cuda.is_available())
-    if cfg.fsdp and cfg.mixed_precision == "fp16":  # Accelerate's loss scaler steps only the optimizers it wraps
-        raise ConfigError(f"--fsdp {cfg.fsdp} with fp16 ({precision_why}): use bf16 or no (fp32) with FSDP")
     ddp = DistributedDataParallelKwargs(find_unused_parameters=cfg.layerdrop > 0 or cfg.freeze_finetune_steps > 0)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               log_with=trackers or None,
@@ -425,14 +424,28 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss_s
     flags = accelerator.reduce(torch.stack([(~torch.isfinite(loss_sum)).float(),
                                             torch.tensor(float(stop_requested), device=loss_sum.device)]), "sum")
     bad, stop = (flags > 0).tolist()
+    # Accelerate's optimizer (DDP) unscales and steps through the fp16 scaler itself. FSDP's is a plain
+    # one: the loop drives the scaler, and decides an overflow from the total norm, the same on every
+    # rank (the scaler's own inf check sees only this rank's shards).
+    scaler = accelerator.scaler if not isinstance(optimizer, AcceleratedOptimizer) else None
+    if scaler is not None and not bad:
+        scaler.unscale_(optimizer)  # before clipping
     grad_norm = None if bad else full_norm(accelerator.clip_grad_norm_(model.parameters(), max_grad_norm))
-    if grad_norm is not None and not torch.isfinite(grad_norm) and accelerator.scaler is None:
-        bad = True  # with a scaler, an inf gradient is an overflow that optimizer.step() skips itself
+    overflow = grad_norm is not None and not torch.isfinite(grad_norm)
+    if overflow and accelerator.scaler is None:
+        bad = True  # with a scaler, an inf gradient is an overflow: the step is skipped, the scale lowered
     outcome = "nonfinite"
     if not bad:
-        optimizer.step()
-        # Accelerate's optimizer says when its fp16 scaler skipped the step; FSDP's plain one never does
-        outcome = "overflow" if getattr(optimizer, "step_was_skipped", False) else "stepped"
+        if scaler is None:
+            optimizer.step()
+            outcome = "overflow" if optimizer.step_was_skipped else "stepped"
+        elif overflow:
+            scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+            outcome = "overflow"
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+            outcome = "stepped"
         if outcome == "stepped":  # the schedule follows the updates that really happened
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)

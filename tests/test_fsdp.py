@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -154,3 +155,27 @@ def test_accelerates_own_fsdp_plugin_is_refused(cv_shards, tmp_path):
     shards, _ = cv_shards
     proc = train_directly(tmp_path / "x", shards, env={"ACCELERATE_USE_FSDP": "true"})
     assert proc.returncode == 2 and "pass --fsdp full_shard" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fp16_with_a_plain_optimizer_drives_the_scaler():
+    """FSDP's optimizer is not Accelerate's: optimizer_step unscales before clipping, skips an
+    overflow (decided from the total norm, the same on every rank) and lowers the scale."""
+    from accelerate import Accelerator
+
+    import train
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 / (s + 1))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    accelerator.scaler.scale(model(torch.ones(1, 3)).sum() * float("inf")).backward()
+    step = train.optimizer_step(accelerator, model, optimizer, scheduler, torch.tensor(1.0), 1e9)
+    assert step.outcome == "overflow" and accelerator.scaler.get_scale() == 2.0**9
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters()) and scheduler.get_last_lr() == [0.1]
+    accelerator.scaler.scale(model(torch.ones(1, 3)).sum()).backward()
+    true_norm = 8**0.5  # d(sum)/dW = ones (2×3), d/db = ones (2): 8 ones, unscaled
+    step = train.optimizer_step(accelerator, model, optimizer, scheduler, torch.tensor(1.0), 1e9)
+    assert step.outcome == "stepped" and float(step.grad_norm) == pytest.approx(true_norm, rel=1e-5)
+    assert scheduler.get_last_lr() == [0.05] and not torch.equal(before["bias"], model.bias)
