@@ -437,8 +437,8 @@ def optimizer_step(accelerator: Accelerator, model, optimizer, scheduler, loss_s
     outcome = "nonfinite"
     if not bad:
         if scaler is None:
-            optimizer.step()
-            outcome = "overflow" if optimizer.step_was_skipped else "stepped"
+            optimizer.step()  # Accelerate's says when its fp16 scaler skipped the step; a plain one has no scaler
+            outcome = "overflow" if getattr(optimizer, "step_was_skipped", False) else "stepped"
         elif overflow:
             scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
             outcome = "overflow"

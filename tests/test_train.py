@@ -232,7 +232,7 @@ def test_memorises_a_few_utterances_and_pipeline_loads_the_result(cv_shards, mem
 
 
 def train_directly(out: Path, shards, *args: str, config: str | Path = TINY, env: dict[str, str] | None = None,
-                   hooks: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+                   hooks: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python train.py …` in one process (exit codes and error lines are its own, not accelerate's);
     with `hooks`, tests/train_with_hooks.py."""
     script = ROOT / ("tests/train_with_hooks.py" if hooks else "train.py")
@@ -240,7 +240,7 @@ def train_directly(out: Path, shards, *args: str, config: str | Path = TINY, env
            "--output_dir", str(out), *args]
     environment = {k: v for k, v in os.environ.items() if k != "ACCELERATE_MIXED_PRECISION"}
     environment.update({"PYTHONPATH": str(ROOT), **(env or {}), **(hooks or {})})
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
 def test_the_launchers_precision_is_used_saved_and_repeatable(cv_shards, tmp_path):
@@ -473,6 +473,16 @@ def test_a_finished_run_is_continued_as_if_it_had_been_one(cv_shards, tmp_path):
     assert proc.returncode == 0 and "resumed from" in proc.stdout, proc.stderr[-2000:]
     assert weights_close(whole, parts)
     assert [r["update"] for r in records(parts) if "loss" in r] == list(range(1, 9))
+
+
+def test_a_run_that_fails_mid_epoch_exits_with_its_loader_workers(cv_shards, tmp_path):
+    """An error in the loop leaves the epoch's DataLoader workers running (the traceback keeps their
+    iterator alive) and they ignore SIGTERM: the exit must still end, with the error and status 1,
+    not wait on them for ever."""
+    shards, _ = cv_shards
+    proc = train_directly(tmp_path / "x", shards, *CONSTANT, "--max_steps", "8", "--dataloader_num_workers", "2",
+                          hooks={"W2V_TEST_RAISE_AT_UPDATE": "1"}, timeout=120)
+    assert proc.returncode == 1 and "RuntimeError: W2V_TEST_RAISE_AT_UPDATE: update 1" in proc.stderr
 
 
 def test_a_signal_stops_after_the_update_with_a_checkpoint(cv_shards, tmp_path):

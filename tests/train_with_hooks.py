@@ -9,6 +9,7 @@ it with `accelerate launch tests/train_with_hooks.py …` (same arguments as tra
   its parent (the `accelerate launch` process) when update N starts;
 - W2V_TEST_LOGITS_DTYPE=FILE: rank 0 writes the dtype of the CTC head's output in training (what
   autocast really ran) to FILE;
+- W2V_TEST_RAISE_AT_UPDATE=N: rank 0 raises RuntimeError when update N starts (a crash mid-epoch);
 - W2V_TEST_DUMP_STATES=DIR: every rank saves its parameters, optimizer state and learning rate
   before and after each optimizer step to DIR/rank<R>-update<N>-<before|after>.pt.
 
@@ -28,6 +29,7 @@ NAN_UPDATE = int(os.environ.get("W2V_TEST_NAN_UPDATE", "-1"))
 DUMP_GRADIENTS = os.environ.get("W2V_TEST_DUMP_GRADIENTS")
 LOGITS_DTYPE = os.environ.get("W2V_TEST_LOGITS_DTYPE")
 SIGNAL_AT = int(os.environ.get("W2V_TEST_SIGNAL_AT_UPDATE", "-1"))
+RAISE_AT = int(os.environ.get("W2V_TEST_RAISE_AT_UPDATE", "-1"))
 SIGNAL_TO = os.environ.get("W2V_TEST_SIGNAL_TO", "self")
 SIGNAL = getattr(signal, os.environ.get("W2V_TEST_SIGNAL", "SIGTERM"))
 SIGNAL_TIMES = int(os.environ.get("W2V_TEST_SIGNAL_TIMES", "1"))
@@ -39,6 +41,8 @@ real_next_window, real_loss, real_step = train.next_window, train.ctc_loss_sum, 
 def next_window(*args, **kwargs):
     global update
     update += 1
+    if update == RAISE_AT and os.environ.get("RANK", "0") == "0":
+        raise RuntimeError(f"W2V_TEST_RAISE_AT_UPDATE: update {update}")
     if update == SIGNAL_AT and os.environ.get("RANK", "0") == "0":
         for _ in range(SIGNAL_TIMES):
             os.kill(os.getppid() if SIGNAL_TO == "parent" else os.getpid(), SIGNAL)

@@ -17,12 +17,14 @@ yielded, as an `empty` batch, so that ranks stay in step.
 
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import logging
 import signal
 import tarfile
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -157,6 +159,27 @@ def load_kernels() -> float:
         normalize_and_pad([np.zeros(8, np.int16)])
         _kernels_ready = True
     return time.perf_counter() - start
+
+
+# DataLoader iterators whose workers may still run. The workers ignore SIGTERM (_ignore_stop_signals),
+# and the interpreter's exit terminates, then joins, its child processes: a run that ends with an
+# error mid-epoch (its iterator kept alive by the traceback) would wait on them for ever. An exit
+# handler registered after multiprocessing's own runs before it and shuts them down.
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+_exit_handler_registered = False
+
+
+def shut_down_at_exit(iterator) -> None:
+    global _exit_handler_registered
+    if not _exit_handler_registered:  # multiprocessing registered its handler when it started the workers
+        atexit.register(_shut_down_live_iterators)
+        _exit_handler_registered = True
+    _LIVE_ITERATORS.add(iterator)
+
+
+def _shut_down_live_iterators() -> None:
+    for iterator in list(_LIVE_ITERATORS):
+        iterator._shutdown_workers()
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
@@ -299,6 +322,7 @@ class SpeechLoader:
                     generator=torch.Generator().manual_seed(self.cfg.seed)))
             finally:
                 gc.unfreeze()
+            shut_down_at_exit(source)
         held: dict[tuple[int, int], dict] = {}
         try:
             for index, worker in expected:
