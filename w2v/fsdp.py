@@ -85,7 +85,9 @@ def load_full_weights(folder: Path, state: dict[str, torch.Tensor], prefix: str 
     """Fill `state` (a model's state_dict, names without `prefix`) from a sharded checkpoint, in
     one process without a process group."""
     wanted = {"model": {prefix + name: tensor for name, tensor in state.items()}}
-    dcp.load(wanted, checkpoint_id=str(folder), no_dist=True)  # in place, into `state`'s tensors
+    with warnings.catch_warnings():  # "torch.distributed is … uninitialized, assuming … a single process": yes
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(wanted, checkpoint_id=str(folder), no_dist=True)  # in place, into `state`'s tensors
 
 
 def rank_state_mb(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
