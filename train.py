@@ -267,17 +267,14 @@ def main(cfg: TrainConfig) -> None:
             bar.close()
             say(f"stopped by {preemption.received or 'a signal on another rank'} after update {update}: "
                 f"checkpoint {out / 'checkpoints' / f'step-{update}'}; go on with --resume_from_checkpoint auto")
-            batches.close()
             accelerator.end_training()
             sys.exit(PREEMPTED_EXIT_CODE)
-    batches.close()  # the loader's workers, stopped mid-epoch, leave now
     bar.close()
 
     # ---------------------------------------------------------------- the end: a Hugging Face folder
     accelerator.wait_for_everyone()
-    weights = sharded.full_weights() if sharded is not None else None  # every rank: a collective
+    final, best = save_final(accelerator, out, model_files, cfg.load_best_model_at_end, sharded)
     if main_proc:
-        final, best = save_final(out, model_files, from_best=cfg.load_best_model_at_end, weights=weights)
         if best is not None:
             say(f"final/ is the best model: update {best['update']}, {best['metric']} {best['value']:.4f}")
         say(f"saved {final} (transformers.pipeline('automatic-speech-recognition', model='{final}') loads it)")

@@ -155,9 +155,9 @@ def check_resumable(cfg: TrainConfig, state: dict, vocab_file: Path, ckpt: Path)
              for k in RESUME_MUST_MATCH if state["config"].get(k) != getattr(cfg, k)]
     if (ckpt / "vocab.json").read_text() != vocab_file.read_text():
         diffs.append("vocab.json differs")
-    if (ckpt / SHARDED_STATE).is_dir() != bool(cfg.fsdp):  # full_shard and shard_grad_op save alike
-        diffs.append(f"fsdp: checkpoint {'sharded' if (ckpt / SHARDED_STATE).is_dir() else 'not sharded (DDP)'}, "
-                     f"now {cfg.fsdp or 'DDP'}")
+    sharded = (ckpt / SHARDED_STATE).is_dir()
+    if sharded != bool(cfg.fsdp):  # full_shard and shard_grad_op save alike
+        diffs.append(f"fsdp: checkpoint {'sharded' if sharded else 'not sharded (DDP)'}, now {cfg.fsdp or 'DDP'}")
     if diffs:
         raise ConfigError(f"{ckpt} comes from another configuration; it cannot be resumed:\n  "
                           + "\n  ".join(diffs))
@@ -227,15 +227,20 @@ def keep_if_best(accelerator: Accelerator, out: Path, cfg: TrainConfig, update: 
     return True
 
 
-def save_final(out: Path, files: ModelFiles, from_best: bool,
-               weights: dict | None = None) -> tuple[Path, dict | None]:
+def save_final(accelerator: Accelerator, out: Path, files: ModelFiles, from_best: bool,
+               sharded: ShardedTraining | None = None) -> tuple[Path, dict | None]:
     """OUTPUT_DIR/final: a plain Hugging Face folder (model, tokenizer, feature extractor, and the
-    text normaliser); with `from_best` and a best/ kept, a copy of best/. `weights`: the full state
-    dict when the model holds shards (FSDP). Returns the folder and, when it is best/'s copy, what
-    best/ was kept for."""
+    text normaliser); with `from_best` and a best/ kept, a copy of best/. Every rank calls it: rank
+    0 decides and writes; with FSDP every rank takes part in gathering the weights (unless best/ is
+    copied). Returns the folder and, when it is best/'s copy, what best/ was kept for (on rank 0)."""
     final = out / "final"
+    copy_best = broadcast_object_list([from_best and (out / "best").is_dir() if accelerator.is_main_process
+                                       else None])[0]
+    weights = sharded.full_weights() if sharded is not None and not copy_best else None
+    if not accelerator.is_main_process:
+        return final, None
     with atomic_dir(final) as tmp:
-        if from_best and (out / "best").is_dir():
+        if copy_best:
             tmp.rmdir()
             shutil.copytree(out / "best", tmp)
         else:
