@@ -63,24 +63,6 @@ def shard_model(model: nn.Module, layers: nn.ModuleList, strategy: str, device: 
     return model
 
 
-def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    """Every rank writes its shards of the model and optimizer into `folder` (a collective)."""
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
-
-
-def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    """The model and optimizer from `save_sharded`'s folder, saved on any number of ranks."""
-    model_state, optim_state = get_state_dict(model, optimizer)
-    dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
-    set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
-
-
-def gather_full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights on rank 0's CPU (the other ranks get {}): a collective."""
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
 def load_full_weights(folder: Path, state: dict[str, torch.Tensor], prefix: str = "") -> None:
     """Fill `state` (a model's state_dict, names without `prefix`) from a sharded checkpoint, in
     one process without a process group."""
@@ -113,14 +95,20 @@ class ShardedTraining:
     optimizer: torch.optim.Optimizer
 
     def save(self, folder: Path) -> None:
-        save_sharded(self.model, self.optimizer, folder)
+        """Every rank writes its shards of the model and optimizer into `folder` (a collective)."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
 
     def load(self, folder: Path) -> None:
-        load_sharded(self.model, self.optimizer, folder)
+        """The model and optimizer from `save`'s folder, saved on any number of ranks."""
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        dcp.load({"model": model_state, "optim": optim_state}, checkpoint_id=str(folder))
+        set_state_dict(self.model, self.optimizer, model_state_dict=model_state, optim_state_dict=optim_state)
 
     def full_weights(self) -> dict[str, torch.Tensor]:
-        """The Hugging Face model's full state dict on rank 0 ({} elsewhere): a collective."""
-        return {name.removeprefix(CTC_PREFIX): t for name, t in gather_full_weights(self.model).items()}
+        """The Hugging Face model's full state dict on rank 0's CPU ({} elsewhere): a collective."""
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {name.removeprefix(CTC_PREFIX): t for name, t in full.items()}
 
 
 CTC_PREFIX = "model."  # CTCModel holds the Hugging Face model as `model`
